@@ -1,0 +1,39 @@
+"""What the top-level options of every command carry down to the subcommands."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+
+from vmkeep.services.config import resolve_settings
+from vmkeep.services.context import Services, open_services
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalOptions:
+    """``--connect``, ``--config`` and ``-v`` as given on the command line."""
+
+    connect: str | None
+    config: Path | None
+    verbose: int
+
+
+@contextmanager
+def services_for(ctx: typer.Context) -> Iterator[Services]:
+    """Resolve settings from the global options and the environment, then open services."""
+    options = ctx.find_root().obj
+    if not isinstance(options, GlobalOptions):  # a subcommand app invoked on its own
+        options = GlobalOptions(connect=None, config=None, verbose=0)
+    settings = resolve_settings(
+        connect_flag=options.connect,
+        config_flag=options.config,
+        env=os.environ,
+        is_root=os.geteuid() == 0,
+    )
+    with open_services(settings) as services:
+        yield services

@@ -1,0 +1,106 @@
+"""Seams between the use cases (engine) and the outside world (drivers).
+
+Each port is a small Protocol with one shared contract test suite (tests/contract) that every
+implementation passes. Only ``vmkeep.services`` picks the concrete implementation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Protocol
+
+from vmkeep.domain.inventory import VmInfo
+from vmkeep.domain.vmspec import ExecResult, GuestBoot, VmSpec
+
+
+class Hypervisor(Protocol):
+    """A connection to one hypervisor (one libvirt URI).
+
+    Every method raises VmNotFoundError for an unknown name, HypervisorError when the
+    hypervisor refuses, and GuestAgentError for guest-agent failures. Names are passed through
+    verbatim: spaces, quotes and unicode are fine.
+    """
+
+    @property
+    def uri(self) -> str:
+        """The URI this hypervisor was reached at."""
+        ...
+
+    def list_vms(self) -> list[VmInfo]:
+        """Every domain, persistent or transient, running or not, sorted by name."""
+        ...
+
+    def get_vm(self, name: str) -> VmInfo:
+        """One domain, fully described (disks, agent, checkpoints, snapshots)."""
+        ...
+
+    def define_vm(self, spec: VmSpec) -> None:
+        """Define a persistent domain. Raises AlreadyExistsError if the name is taken."""
+        ...
+
+    def start_vm(self, name: str) -> None:
+        """Start a defined domain. Idempotent: a running domain is left alone."""
+        ...
+
+    def stop_vm(self, name: str) -> None:
+        """Power a domain off at once. Idempotent: a stopped domain is left alone."""
+        ...
+
+    def undefine_vm(self, name: str) -> None:
+        """Forget a stopped domain, with its snapshot and checkpoint metadata."""
+        ...
+
+    def agent_ping(self, name: str, timeout: int = 2) -> bool:
+        """True when the guest agent answers ``guest-ping`` within ``timeout`` seconds."""
+        ...
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], stdin: bytes | None = None, timeout: float = 60
+    ) -> ExecResult:
+        """Run ``argv`` in the guest through the agent and wait for it to finish.
+
+        Raises GuestAgentError when the agent cannot run it or it outlives ``timeout``.
+        """
+        ...
+
+
+class DiskImageTool(Protocol):
+    """Creates disk images for VMs vmkeep makes itself."""
+
+    def create_disk(self, path: Path, size: int, fill_from: Path | None = None) -> None:
+        """Create a qcow2 v3 image of ``size`` bytes at ``path``.
+
+        With ``fill_from`` the image holds an ext4 filesystem with a copy of that directory.
+        Never overwrites: raises AlreadyExistsError if ``path`` exists. On failure nothing is
+        left at ``path``.
+        """
+        ...
+
+
+class GuestBuilder(Protocol):
+    """Builds (once) and caches the small Linux guest lab VMs boot."""
+
+    def ensure_guest(self, cache_dir: Path) -> GuestBoot:
+        """Return the kernel and initramfs, building them into ``cache_dir`` if missing."""
+        ...
+
+
+class Clock(Protocol):
+    """Time, injected so waits can be tested without sleeping."""
+
+    def monotonic(self) -> float:
+        """Seconds on a clock that never goes backwards."""
+        ...
+
+    def sleep(self, seconds: float) -> None:
+        """Block for ``seconds``."""
+        ...
+
+
+class Progress(Protocol):
+    """Where long-running use cases report what they are doing (a spinner, a log, nothing)."""
+
+    def step(self, message: str) -> None:
+        """A new phase has started; ``message`` is a short human sentence."""
+        ...

@@ -1,0 +1,98 @@
+"""Settings: the config file, the environment and command-line flags, in that order of
+increasing priority.
+
+The file is TOML, found at ``--config``, then ``$VMKEEP_CONFIG``, then ``/etc/vmkeep/config.toml``
+for root or ``$XDG_CONFIG_HOME/vmkeep/config.toml`` for other users. A missing default file is
+fine (defaults apply); a file given explicitly must exist.
+
+    connect = "qemu:///system"   # libvirt URI
+
+    [lab]
+    dir = "/var/lib/vmkeep/lab"  # where lab VMs and the cached guest live
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmkeep.domain.errors import ConfigError
+
+DEFAULT_URI = "qemu:///system"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Effective settings after flags, environment and config file are merged."""
+
+    uri: str
+    lab_dir: Path
+    config_file: Path | None
+
+
+def default_config_path(env: Mapping[str, str], is_root: bool) -> Path:
+    """Where the config file lives when neither ``--config`` nor ``VMKEEP_CONFIG`` say."""
+    if is_root:
+        return Path("/etc/vmkeep/config.toml")
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME", "/")) / ".config")
+    return Path(base) / "vmkeep" / "config.toml"
+
+
+def default_data_dir(env: Mapping[str, str], is_root: bool) -> Path:
+    """``/var/lib/vmkeep`` for root, ``$XDG_DATA_HOME/vmkeep`` for others."""
+    if is_root:
+        return Path("/var/lib/vmkeep")
+    base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "/")) / ".local" / "share")
+    return Path(base) / "vmkeep"
+
+
+def read_config_file(path: Path, required: bool) -> dict[str, Any]:
+    """The parsed TOML at ``path``; ``{}`` if it is missing and not ``required``."""
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError as exc:
+        if required:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        return {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _string(config: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = config.get(key)
+    if value is not None and not isinstance(value, str):
+        raise ConfigError(f"{where}: '{key}' must be a string")
+    return value
+
+
+def resolve_settings(
+    *,
+    connect_flag: str | None,
+    config_flag: Path | None,
+    env: Mapping[str, str],
+    is_root: bool,
+) -> Settings:
+    """Merge flag > environment > config file > default, for every setting.
+
+    Raises ConfigError for an explicit config file that is missing, unreadable TOML, or a
+    value of the wrong type.
+    """
+    explicit = config_flag or (Path(env["VMKEEP_CONFIG"]) if env.get("VMKEEP_CONFIG") else None)
+    path = explicit or default_config_path(env, is_root)
+    config = read_config_file(path, required=explicit is not None)
+    lab_section = config.get("lab", {})
+    if not isinstance(lab_section, dict):
+        raise ConfigError(f"{path}: [lab] must be a table")
+    uri = connect_flag or env.get("VMKEEP_CONNECT") or _string(config, "connect", str(path))
+    lab_dir = _string(lab_section, "dir", f"{path} [lab]")
+    return Settings(
+        uri=uri or DEFAULT_URI,
+        lab_dir=Path(lab_dir) if lab_dir else default_data_dir(env, is_root) / "lab",
+        config_file=path if config else None,
+    )

@@ -1,0 +1,57 @@
+"""Builds the concrete object graph for one CLI invocation (or one daemon job)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from vmkeep.domain.errors import VmkeepError
+from vmkeep.drivers.lab_guest import BusyboxGuestBuilder
+from vmkeep.drivers.libvirt_hypervisor import LibvirtHypervisor
+from vmkeep.drivers.qemu_img import QemuImgTool
+from vmkeep.drivers.system_clock import SystemClock
+from vmkeep.engine.lab import LabDeps
+from vmkeep.ports import Hypervisor, Progress
+from vmkeep.services.config import Settings
+
+
+@dataclass
+class Services:
+    """Lazily opened drivers for the given settings. Use through :func:`open_services`."""
+
+    settings: Settings
+    _hypervisor: LibvirtHypervisor | None = field(default=None, init=False)
+
+    def hypervisor(self) -> Hypervisor:
+        """The libvirt connection at ``settings.uri``, opened on first use."""
+        if self._hypervisor is None:
+            self._hypervisor = LibvirtHypervisor(self.settings.uri)
+        return self._hypervisor
+
+    def lab_deps(self, progress: Progress) -> LabDeps:
+        """Everything the lab use cases need."""
+        return LabDeps(
+            hypervisor=self.hypervisor(),
+            images=QemuImgTool(),
+            guest=BusyboxGuestBuilder(),
+            clock=SystemClock(),
+            progress=progress,
+        )
+
+    def close(self) -> None:
+        """Close what was opened. Never raises: closing must not hide the real outcome."""
+        if self._hypervisor is not None:
+            with contextlib.suppress(VmkeepError):
+                self._hypervisor.close()
+            self._hypervisor = None
+
+
+@contextlib.contextmanager
+def open_services(settings: Settings) -> Iterator[Services]:
+    """Services for ``settings``, closed when the block ends."""
+    services = Services(settings)
+    try:
+        yield services
+    finally:
+        services.close()
