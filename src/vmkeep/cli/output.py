@@ -15,6 +15,10 @@ from rich.logging import RichHandler
 from rich.markup import escape as rich_escape
 
 stdout = Console(highlight=False, soft_wrap=False)
+if not stdout.is_terminal:
+    # Piped output is read by people with wide terminals or by grep: do not squeeze tables
+    # into 80 columns and cut paths.
+    stdout.width = 200
 stderr = Console(stderr=True, highlight=False)
 
 

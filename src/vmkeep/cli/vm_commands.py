@@ -123,17 +123,14 @@ def render_vm(vm: VmInfo) -> None:
 
 
 def _disk_table(disks: tuple[DiskInfo, ...]) -> Table:
-    table = Table(
-        "Target",
-        "Device",
-        "Type",
-        "Source",
-        "Format",
-        "Virtual",
-        "Allocated",
-        "Backing chain",
-        title="Disks",
-    )
+    table = Table(title="Disks")
+    for column in ("Target", "Device", "Type"):
+        table.add_column(column, no_wrap=True)
+    table.add_column("Source", overflow="fold")
+    table.add_column("Format", no_wrap=True)
+    table.add_column("Virtual", justify="right", no_wrap=True)
+    table.add_column("Allocated", justify="right", no_wrap=True)
+    table.add_column("Backing chain", overflow="fold")
     for disk in disks:
         chain = " → ".join(
             f"{b.source} ({b.format})" if b.format else b.source for b in disk.backing_chain

@@ -237,15 +237,19 @@ class LibvirtHypervisor:
 
     def undefine_vm(self, name: str) -> None:
         dom = self._lookup(name)
-        flags = (
-            libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
-            | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
-            | libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
-            | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
-        )
         with _translated(f"undefining {name!r}", name):
             if dom.isActive():
                 raise HypervisorError(f"cannot undefine {name!r}: it is running")
+            # Ask only for the clean-ups that apply: not every driver accepts every flag.
+            flags = 0
+            if dom.listAllSnapshots(0):
+                flags |= libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+            if dom.listAllCheckpoints(0):
+                flags |= libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+            if dom.hasManagedSaveImage(0):
+                flags |= libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+            if "<nvram" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE):
+                flags |= libvirt.VIR_DOMAIN_UNDEFINE_NVRAM
             dom.undefineFlags(flags)
 
     # -- guest agent ------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""In-memory stand-ins for the ports, for fast unit tests. They prove nothing about libvirt:
+the contract suite in tests/contract runs the same checks against the real thing."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vmkeep.domain.errors import (
+    AlreadyExistsError,
+    GuestAgentError,
+    HypervisorError,
+    ToolError,
+    VmNotFoundError,
+)
+from vmkeep.domain.inventory import (
+    AgentStatus,
+    DiskDevice,
+    DiskInfo,
+    SourceType,
+    VmInfo,
+    VmState,
+)
+from vmkeep.domain.vmspec import ExecResult, GuestBoot, VmSpec
+
+
+@dataclass
+class _FakeVm:
+    spec: VmSpec
+    uuid: str
+    running: bool = False
+    agent_up: bool = False
+
+
+class FakeHypervisor:
+    """Hypervisor port in memory. ``agent_ready`` decides whether started guests answer."""
+
+    def __init__(self, agent_ready: bool = True) -> None:
+        self._vms: dict[str, _FakeVm] = {}
+        self.agent_ready = agent_ready
+        self.exec_log: list[tuple[str, tuple[str, ...]]] = []
+
+    @property
+    def uri(self) -> str:
+        return "fake:///"
+
+    def _vm(self, name: str) -> _FakeVm:
+        try:
+            return self._vms[name]
+        except KeyError:
+            raise VmNotFoundError(name) from None
+
+    def list_vms(self) -> list[VmInfo]:
+        return [self.get_vm(name) for name in sorted(self._vms)]
+
+    def get_vm(self, name: str) -> VmInfo:
+        vm = self._vm(name)
+        if not vm.running:
+            agent = AgentStatus.VM_NOT_RUNNING
+        else:
+            agent = AgentStatus.RESPONDING if vm.agent_up else AgentStatus.NOT_RESPONDING
+        return VmInfo(
+            name=name,
+            uuid=vm.uuid,
+            state=VmState.RUNNING if vm.running else VmState.SHUTOFF,
+            persistent=True,
+            vcpus=vm.spec.vcpus,
+            memory=vm.spec.memory,
+            max_memory=vm.spec.memory,
+            disks=tuple(
+                DiskInfo(
+                    target=d.target,
+                    device=DiskDevice.DISK,
+                    source_type=SourceType.FILE,
+                    source=d.path,
+                    format=d.format,
+                    bus="virtio",
+                )
+                for d in vm.spec.disks
+            ),
+            agent=agent,
+            lab_dir=vm.spec.lab_dir,
+        )
+
+    def define_vm(self, spec: VmSpec) -> None:
+        if spec.name in self._vms:
+            raise AlreadyExistsError(f"a VM named {spec.name!r} already exists")
+        self._vms[spec.name] = _FakeVm(spec=spec, uuid=str(uuid.uuid4()))
+
+    def start_vm(self, name: str) -> None:
+        vm = self._vm(name)
+        vm.running = True
+        vm.agent_up = self.agent_ready
+
+    def stop_vm(self, name: str) -> None:
+        vm = self._vm(name)
+        vm.running = False
+        vm.agent_up = False
+
+    def undefine_vm(self, name: str) -> None:
+        if self._vm(name).running:
+            raise HypervisorError(f"cannot undefine {name!r}: it is running")
+        del self._vms[name]
+
+    def agent_ping(self, name: str, timeout: int = 2) -> bool:
+        return self._vm(name).agent_up
+
+    def guest_exec(
+        self, name: str, argv: Sequence[str], stdin: bytes | None = None, timeout: float = 60
+    ) -> ExecResult:
+        if not self._vm(name).agent_up:
+            raise GuestAgentError(f"guest agent of {name!r} does not answer")
+        self.exec_log.append((name, tuple(argv)))
+        if list(argv[:1]) == ["echo"]:
+            return ExecResult(0, (" ".join(argv[1:]) + "\n").encode(), b"")
+        return ExecResult(127, b"", f"{argv[0]}: not found\n".encode())
+
+
+class FakeImages:
+    """DiskImageTool that writes tiny placeholder files; can be told to fail on the Nth disk."""
+
+    def __init__(self, fail_on: int | None = None) -> None:
+        self.fail_on = fail_on
+        self.created: list[tuple[Path, int, Path | None]] = []
+
+    def create_disk(self, path: Path, size: int, fill_from: Path | None = None) -> None:
+        if path.exists():
+            raise AlreadyExistsError(f"{path} already exists")
+        if self.fail_on is not None and len(self.created) == self.fail_on:
+            raise ToolError("qemu-img failed: No space left on device")
+        path.write_bytes(b"QFI\xfb")
+        self.created.append((path, size, fill_from))
+
+
+class FakeGuest:
+    """GuestBuilder that pretends the guest exists in ``cache_dir``."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def ensure_guest(self, cache_dir: Path) -> GuestBoot:
+        self.calls += 1
+        return GuestBoot(str(cache_dir / "vmlinuz"), str(cache_dir / "initrd.img"), "quiet")
+
+
+@dataclass
+class FakeClock:
+    """Clock whose sleep advances time instantly."""
+
+    now: float = 0.0
+    sleeps: list[float] = field(default_factory=list)
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+
+
+class RecordingProgress:
+    """Progress port that remembers the steps."""
+
+    def __init__(self) -> None:
+        self.steps: list[str] = []
+
+    def step(self, message: str) -> None:
+        self.steps.append(message)
