@@ -66,13 +66,30 @@ def conn() -> Iterator[libvirt.virConnect]:
 
 
 @pytest.fixture(scope="module")
-def persistent_domain(conn: libvirt.virConnect, images: dict[str, Path]) -> Iterator[str]:
+def loop_device(workdir: Path) -> Iterator[str]:
+    """A real block device (a loop device over a 48 MiB file)."""
+    backing = workdir / "block.img"
+    with backing.open("wb") as handle:
+        handle.truncate(48 << 20)
+    device = subprocess.run(
+        ["losetup", "--find", "--show", str(backing)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    yield device
+    subprocess.run(["losetup", "--detach", device], check=False)
+
+
+@pytest.fixture(scope="module")
+def persistent_domain(
+    conn: libvirt.virConnect, images: dict[str, Path], loop_device: str
+) -> Iterator[str]:
     disks = "".join(
         [
             _file_disk(images["top"], "vda", "qcow2"),
             _file_disk(images["raw"], "vdb", "raw"),
             "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
             "<source dev='/dev/vmkeep-test-missing-lv'/><target dev='vdc' bus='virtio'/></disk>",
+            "<disk type='block' device='disk'><driver name='qemu' type='raw'/>"
+            f"<source dev='{loop_device}'/><target dev='vde' bus='virtio'/></disk>",
             "<disk type='network' device='disk'><driver name='qemu' type='raw'/>"
             "<source protocol='nbd' name='exp'><host name='127.0.0.1' port='10809'/></source>"
             "<target dev='vdd' bus='virtio'/></disk>",
@@ -119,7 +136,7 @@ def _domblkinfo(name: str, target: str) -> tuple[int, int]:
 
 
 def test_shut_off_persistent_domain_with_every_disk_kind(
-    hv: LibvirtHypervisor, persistent_domain: str, images: dict[str, Path]
+    hv: LibvirtHypervisor, persistent_domain: str, images: dict[str, Path], loop_device: str
 ) -> None:
     vm = hv.get_vm(persistent_domain)
     assert vm.name == persistent_domain
@@ -130,7 +147,7 @@ def test_shut_off_persistent_domain_with_every_disk_kind(
     assert vm.agent is AgentStatus.VM_NOT_RUNNING
     assert vm.lab_dir is None
     disks = {d.target: d for d in vm.disks}
-    assert list(disks) == ["vda", "vdb", "vdc", "vdd", "hdc", "hdd"]
+    assert list(disks) == ["vda", "vdb", "vdc", "vdd", "vde", "hdc", "hdd"]
 
     vda = disks["vda"]
     assert (vda.source, vda.format) == (str(images["top"]), "qcow2")
@@ -149,6 +166,11 @@ def test_shut_off_persistent_domain_with_every_disk_kind(
     vdc = disks["vdc"]
     assert (vdc.source_type, vdc.source) == (SourceType.BLOCK, "/dev/vmkeep-test-missing-lv")
     assert vdc.virtual_size is None  # the device does not exist: unknown, not zero
+
+    vde = disks["vde"]
+    assert (vde.source_type, vde.source, vde.format) == (SourceType.BLOCK, loop_device, "raw")
+    assert vde.virtual_size == 48 << 20
+    assert (vde.virtual_size, vde.allocated_size) == _domblkinfo(persistent_domain, "vde")
 
     vdd = disks["vdd"]
     assert (vdd.source_type, vdd.source) == (SourceType.NETWORK, "nbd://127.0.0.1:10809/exp")

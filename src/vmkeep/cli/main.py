@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
-import click
 import typer
 
 from vmkeep import __version__
@@ -41,13 +40,12 @@ def main_options(
         typer.Option(
             "--connect",
             "-c",
-            help="libvirt URI [env: VMKEEP_CONNECT; default "
-            "from the config file, else qemu:///system]",
+            help="libvirt URI (env VMKEEP_CONNECT; else the config file; else qemu:///system)",
         ),
     ] = None,
     config: Annotated[
         Path | None,
-        typer.Option(help="Config file [env: VMKEEP_CONFIG; default /etc/vmkeep/config.toml]"),
+        typer.Option(help="Config file (env VMKEEP_CONFIG; default /etc/vmkeep/config.toml)"),
     ] = None,
     verbose: Annotated[
         int,
@@ -74,14 +72,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VmkeepError as exc:
         error(str(exc))
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return int(exc.exit_code)
-    except click.Abort:
+    except typer.Abort:
         error("aborted")
         return 130
+    except typer.TyperException as exc:  # bad options or arguments
+        show = getattr(exc, "show", None)
+        if callable(show):
+            show()
+        else:
+            error(exc.format_message())
+        return int(exc.exit_code)
     return result if isinstance(result, int) else 0
 
 
