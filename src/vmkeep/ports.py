@@ -6,11 +6,12 @@ implementation passes. Only ``vmkeep.services`` picks the concrete implementatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
 from vmkeep.domain.inventory import VmInfo
+from vmkeep.domain.objects import ObjectInfo
 from vmkeep.domain.vmspec import ExecResult, GuestBoot, VmSpec
 
 
@@ -103,4 +104,43 @@ class Progress(Protocol):
 
     def step(self, message: str) -> None:
         """A new phase has started; ``message`` is a short human sentence."""
+        ...
+
+
+class ObjectStore(Protocol):
+    """A flat namespace of write-once objects: a local directory, an S3 bucket, memory.
+
+    Names are validated by ``domain.objects.validate_object_name``. Every implementation
+    passes tests/contract/test_object_store_contract.py. Errors: ObjectNotFoundError for a
+    missing object, StoreTransientError for failures worth retrying, StoreFullError when out of
+    space, StoreError otherwise.
+    """
+
+    @property
+    def location(self) -> str:
+        """Where the store lives, for messages (``/srv/repo``, ``s3://bucket/prefix``)."""
+        ...
+
+    def put(self, name: str, data: bytes) -> bool:
+        """Create ``name`` holding ``data``, atomically: readers see all of it or nothing.
+
+        Never overwrites: returns False, leaving the existing object untouched, if ``name``
+        already exists; True if it was created.
+        """
+        ...
+
+    def get(self, name: str) -> bytes:
+        """The whole content of ``name``."""
+        ...
+
+    def exists(self, name: str) -> bool:
+        """Whether ``name`` exists."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose name starts with ``prefix`` (``""`` for all), in no set order."""
+        ...
+
+    def delete(self, name: str) -> None:
+        """Remove ``name``. Idempotent: deleting a missing object is not an error."""
         ...

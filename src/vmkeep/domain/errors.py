@@ -74,3 +74,55 @@ class LabError(VmkeepError):
     """The lab could not build its guest or its VM."""
 
     exit_code = 9
+
+
+class StoreError(VmkeepError):
+    """An object store (local directory, S3) failed."""
+
+    exit_code = 10
+
+
+class StoreTransientError(StoreError):
+    """A failure worth retrying: a timeout, a 5xx, a dropped connection."""
+
+
+class ObjectNotFoundError(StoreError):
+    """The named object does not exist in the store."""
+
+    exit_code = 3
+
+
+class StoreFullError(StoreError):
+    """The store has no room left (ENOSPC, quota)."""
+
+    exit_code = 11
+
+
+class RepositoryError(VmkeepError):
+    """The repository is missing, malformed, or refuses the operation."""
+
+    exit_code = 12
+
+
+class IntegrityError(RepositoryError):
+    """An object failed authentication or its hash: it is corrupt or was tampered with."""
+
+    exit_code = 13
+
+
+class WrongPasswordError(RepositoryError):
+    """No key in the repository opens with the given password."""
+
+    exit_code = 14
+
+
+class LockedError(RepositoryError):
+    """Another process holds a conflicting repository lock."""
+
+    exit_code = 15
+
+
+class InsecureFileError(VmkeepError):
+    """A secret file is readable by other users."""
+
+    exit_code = 16

@@ -1,0 +1,135 @@
+"""ObjectStore in a local directory.
+
+Each object is one file at ``ROOT/NAME``. Writes go to ``ROOT/tmp/`` first, are fsynced, and
+are then hard-linked into place: ``link()`` fails if the name exists, which makes creation
+atomic *and* never-overwriting without any lock. Stray files in ``tmp/`` (from a kill -9) are
+ignored by ``list`` and removed by ``clean_temporary``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+from vmkeep.domain.errors import ObjectNotFoundError, StoreError, StoreFullError
+from vmkeep.domain.objects import ObjectInfo, validate_object_name
+
+TMP_DIR = "tmp"
+
+
+def _os_error(exc: OSError, action: str) -> StoreError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"{action}: no space left on the device")
+    return StoreError(f"{action}: {exc.strerror or exc}")
+
+
+class LocalStore:
+    """A directory of write-once files. The directory must exist (see ``create``)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    @classmethod
+    def create(cls, root: Path) -> LocalStore:
+        """Make ``root`` (mode 0700: repositories hold private data) and return the store."""
+        try:
+            root.mkdir(parents=True, exist_ok=True, mode=0o700)
+            (root / TMP_DIR).mkdir(exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise _os_error(exc, f"creating {root}") from exc
+        return cls(root)
+
+    @property
+    def location(self) -> str:
+        return str(self.root)
+
+    def _path(self, name: str) -> Path:
+        validate_object_name(name)
+        if name == TMP_DIR or name.startswith(TMP_DIR + "/"):
+            raise StoreError(f"{name!r}: names under {TMP_DIR}/ are reserved")
+        return self.root / name
+
+    def put(self, name: str, data: bytes) -> bool:
+        final = self._path(name)
+        tmp_dir = self.root / TMP_DIR
+        temp = tmp_dir / f"{secrets.token_hex(8)}.tmp"
+        try:
+            tmp_dir.mkdir(exist_ok=True, mode=0o700)
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    written = os.write(fd, view)
+                    view = view[written:]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            try:
+                os.link(temp, final)
+            except FileExistsError:
+                return False
+            _fsync_dir(final.parent)
+            return True
+        except OSError as exc:
+            raise _os_error(exc, f"writing {name} to {self.root}") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+
+    def get(self, name: str) -> bytes:
+        path = self._path(name)
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{name} not found in {self.root}") from None
+        except OSError as exc:
+            raise _os_error(exc, f"reading {name} from {self.root}") from exc
+
+    def exists(self, name: str) -> bool:
+        return self._path(name).is_file()
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        # Walk only the directory the prefix points into, not the whole repository.
+        start = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        if not start.is_dir():
+            return
+        for directory, dirnames, filenames in os.walk(start):
+            if Path(directory) == self.root:
+                dirnames[:] = [d for d in dirnames if d != TMP_DIR]
+            for filename in filenames:
+                path = Path(directory) / filename
+                name = path.relative_to(self.root).as_posix()
+                if name.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        yield ObjectInfo(name, path.stat().st_size)
+
+    def delete(self, name: str) -> None:
+        path = self._path(name)
+        try:
+            path.unlink(missing_ok=True)
+        except OSError as exc:
+            raise _os_error(exc, f"deleting {name} from {self.root}") from exc
+
+    def clean_temporary(self) -> int:
+        """Remove leftovers of interrupted writes; returns how many. Only call while holding
+        an exclusive lock: a concurrent writer's temporary file looks the same."""
+        removed = 0
+        for leftover in (self.root / TMP_DIR).glob("*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                leftover.unlink()
+                removed += 1
+        return removed
+
+
+def _fsync_dir(directory: Path) -> None:
+    """Make the new directory entry durable, so a crash cannot lose a written object."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
