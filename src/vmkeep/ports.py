@@ -7,9 +7,11 @@ implementation passes. Only ``vmkeep.services`` picks the concrete implementatio
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
+from vmkeep.domain.extents import Extent
 from vmkeep.domain.inventory import VmInfo
 from vmkeep.domain.objects import ObjectInfo
 from vmkeep.domain.vmspec import ExecResult, GuestBoot, VmSpec
@@ -143,4 +145,47 @@ class ObjectStore(Protocol):
 
     def delete(self, name: str) -> None:
         """Remove ``name``. Idempotent: deleting a missing object is not an error."""
+        ...
+
+
+class BlockReader(Protocol):
+    """Random read access to a disk image or a VM disk export. ``pread`` is thread-safe."""
+
+    @property
+    def size(self) -> int:
+        """Virtual size in bytes."""
+        ...
+
+    def extents(self) -> list[Extent]:
+        """Extents covering the disk in order, telling which ranges read as zeros."""
+        ...
+
+    def pread(self, offset: int, length: int) -> bytes:
+        """Exactly ``length`` bytes at ``offset``."""
+        ...
+
+
+class BlockWriter(Protocol):
+    """Random write access to a new image. ``pwrite`` is thread-safe; unwritten ranges read
+    as zeros and take no space."""
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        """Write ``data`` at ``offset``."""
+        ...
+
+
+class ImageIO(Protocol):
+    """Opens disk images for reading and creates new ones, whatever their format."""
+
+    def open_reader(self, path: Path, connections: int = 4) -> AbstractContextManager[BlockReader]:
+        """Read-only access to an existing image (qcow2, raw, ...). The image must not be in
+        use by a running VM. Raises ToolError/NotFoundError if it cannot be opened."""
+        ...
+
+    def create_writer(
+        self, path: Path, size: int, image_format: str, overwrite: bool = False
+    ) -> AbstractContextManager[BlockWriter]:
+        """A new thin image of ``size`` bytes that appears at ``path`` only when the block
+        ends without an exception; on an exception nothing is left at ``path``. Raises
+        AlreadyExistsError if ``path`` exists and ``overwrite`` is False."""
         ...
