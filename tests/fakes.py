@@ -161,10 +161,22 @@ class FakeClock:
 
 
 class RecordingProgress:
-    """Progress port that remembers the steps."""
+    """Progress port that remembers the steps and totals."""
 
     def __init__(self) -> None:
         self.steps: list[str] = []
+        self.tasks: list[tuple[str, int]] = []
+        self.done = 0
 
     def step(self, message: str) -> None:
         self.steps.append(message)
+
+    def begin(self, label: str, total: int, unit: str = "bytes") -> None:
+        self.tasks.append((label, total))
+        self.done = 0
+
+    def advance(self, amount: int) -> None:
+        self.done += amount
+
+    def finish(self) -> None:
+        pass

@@ -108,6 +108,19 @@ class Progress(Protocol):
         """A new phase has started; ``message`` is a short human sentence."""
         ...
 
+    def begin(self, label: str, total: int, unit: str = "bytes") -> None:
+        """A measurable task starts: ``total`` units (``bytes`` or ``items``) to go. Ends any
+        earlier task."""
+        ...
+
+    def advance(self, amount: int) -> None:
+        """``amount`` more units of the current task are done. Thread-safe."""
+        ...
+
+    def finish(self) -> None:
+        """The current task is over."""
+        ...
+
 
 class ObjectStore(Protocol):
     """A flat namespace of write-once objects: a local directory, an S3 bucket, memory.

@@ -8,7 +8,8 @@ from typing import Annotated
 
 import typer
 
-from vmkeep.cli.output import StderrProgress, print_json, stdout
+from vmkeep.cli.output import print_json, stdout
+from vmkeep.cli.progress import TerminalProgress
 from vmkeep.cli.state import services_for
 from vmkeep.cli.vm_commands import JsonFlag, render_vm
 from vmkeep.domain.errors import LabError
@@ -54,7 +55,7 @@ def create(
         boot_timeout=boot_timeout,
     )
     with services_for(ctx) as services:
-        deps = services.lab_deps(StderrProgress())
+        deps = services.lab_deps(TerminalProgress())
         root = services.settings.lab_dir
         if reuse:
             vm, created = lab.ensure_lab(deps, root, options)

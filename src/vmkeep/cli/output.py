@@ -54,13 +54,6 @@ def setup_logging(verbosity: int) -> None:
     root.setLevel(level)
 
 
-class StderrProgress:
-    """Progress port for the terminal: one dim line on stderr per phase."""
-
-    def step(self, message: str) -> None:
-        stderr.print(f"[dim]• {message}[/dim]", markup=True, highlight=False)
-
-
 def error(message: str) -> None:
     """The one-line error users see."""
     stderr.print(f"[bold red]error:[/bold red] {escape(message)}")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from vmkeep.services.config import resolve_settings
+from vmkeep.services.config import Settings, resolve_settings
 from vmkeep.services.context import Services, open_services
 
 
@@ -23,17 +23,25 @@ class GlobalOptions:
     verbose: int
 
 
-@contextmanager
-def services_for(ctx: typer.Context) -> Iterator[Services]:
-    """Resolve settings from the global options and the environment, then open services."""
+def settings_for(
+    ctx: typer.Context, repo: str | None = None, s3_endpoint: str | None = None
+) -> Settings:
+    """Resolve settings from the global options, command options and the environment."""
     options = ctx.find_root().obj
     if not isinstance(options, GlobalOptions):  # a subcommand app invoked on its own
         options = GlobalOptions(connect=None, config=None, verbose=0)
-    settings = resolve_settings(
+    return resolve_settings(
         connect_flag=options.connect,
         config_flag=options.config,
         env=os.environ,
         is_root=os.geteuid() == 0,
+        repo_flag=repo,
+        s3_endpoint_flag=s3_endpoint,
     )
-    with open_services(settings) as services:
+
+
+@contextmanager
+def services_for(ctx: typer.Context) -> Iterator[Services]:
+    """Settings for this invocation, then services opened on them."""
+    with open_services(settings_for(ctx)) as services:
         yield services

@@ -5,10 +5,17 @@ The file is TOML, found at ``--config``, then ``$VMKEEP_CONFIG``, then ``/etc/vm
 for root or ``$XDG_CONFIG_HOME/vmkeep/config.toml`` for other users. A missing default file is
 fine (defaults apply); a file given explicitly must exist.
 
-    connect = "qemu:///system"   # libvirt URI
+    connect = "qemu:///system"                 # libvirt URI
+    repository = "/var/lib/vmkeep/repository"  # or "s3://bucket/prefix"
+
+    [s3]
+    endpoint = "https://s3.example.com"        # S3-compatible endpoint (omit for AWS)
 
     [lab]
-    dir = "/var/lib/vmkeep/lab"  # where lab VMs and the cached guest live
+    dir = "/var/lib/vmkeep/lab"                # where lab VMs and the cached guest live
+
+    [cache]
+    dir = "/var/cache/vmkeep"                  # local caches (dedup chunk ids)
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ class Settings:
     uri: str
     lab_dir: Path
     config_file: Path | None
+    repository: str = ""
+    s3_endpoint: str | None = None
+    cache_dir: Path = Path("/var/cache/vmkeep")
 
 
 def default_config_path(env: Mapping[str, str], is_root: bool) -> Path:
@@ -47,6 +57,21 @@ def default_data_dir(env: Mapping[str, str], is_root: bool) -> Path:
         return Path("/var/lib/vmkeep")
     base = env.get("XDG_DATA_HOME") or str(Path(env.get("HOME", "/")) / ".local" / "share")
     return Path(base) / "vmkeep"
+
+
+def default_cache_dir(env: Mapping[str, str], is_root: bool) -> Path:
+    """``/var/cache/vmkeep`` for root, ``$XDG_CACHE_HOME/vmkeep`` for others."""
+    if is_root:
+        return Path("/var/cache/vmkeep")
+    base = env.get("XDG_CACHE_HOME") or str(Path(env.get("HOME", "/")) / ".cache")
+    return Path(base) / "vmkeep"
+
+
+def _table(config: Mapping[str, Any], name: str, path: Path) -> Mapping[str, Any]:
+    section = config.get(name, {})
+    if not isinstance(section, dict):
+        raise ConfigError(f"{path}: [{name}] must be a table")
+    return section
 
 
 def read_config_file(path: Path, required: bool) -> dict[str, Any]:
@@ -77,6 +102,8 @@ def resolve_settings(
     config_flag: Path | None,
     env: Mapping[str, str],
     is_root: bool,
+    repo_flag: str | None = None,
+    s3_endpoint_flag: str | None = None,
 ) -> Settings:
     """Merge flag > environment > config file > default, for every setting.
 
@@ -86,13 +113,23 @@ def resolve_settings(
     explicit = config_flag or (Path(env["VMKEEP_CONFIG"]) if env.get("VMKEEP_CONFIG") else None)
     path = explicit or default_config_path(env, is_root)
     config = read_config_file(path, required=explicit is not None)
-    lab_section = config.get("lab", {})
-    if not isinstance(lab_section, dict):
-        raise ConfigError(f"{path}: [lab] must be a table")
+    lab_section = _table(config, "lab", path)
+    s3_section = _table(config, "s3", path)
+    cache_section = _table(config, "cache", path)
     uri = connect_flag or env.get("VMKEEP_CONNECT") or _string(config, "connect", str(path))
     lab_dir = _string(lab_section, "dir", f"{path} [lab]")
+    repository = repo_flag or env.get("VMKEEP_REPO") or _string(config, "repository", str(path))
+    endpoint = (
+        s3_endpoint_flag
+        or env.get("VMKEEP_S3_ENDPOINT")
+        or _string(s3_section, "endpoint", f"{path} [s3]")
+    )
+    cache_dir = _string(cache_section, "dir", f"{path} [cache]")
     return Settings(
         uri=uri or DEFAULT_URI,
         lab_dir=Path(lab_dir) if lab_dir else default_data_dir(env, is_root) / "lab",
         config_file=path if config else None,
+        repository=repository or str(default_data_dir(env, is_root) / "repository"),
+        s3_endpoint=endpoint or None,
+        cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(env, is_root),
     )

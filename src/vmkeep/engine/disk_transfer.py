@@ -1,0 +1,165 @@
+"""Moving one disk between a block device and the repository, in parallel.
+
+Shared by image backups and (later) VM backups: the caller decides which chunks need reading;
+this module reads, hashes, deduplicates, seals and stores them with a pool of threads, keeping
+at most ``2 x workers`` chunks in memory. hashing (blake3), compression (zstd) and encryption
+(AES-GCM) release the GIL, so threads use every core.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from vmkeep.domain.errors import IntegrityError
+from vmkeep.ports import BlockReader, BlockWriter, Progress
+from vmkeep.repository.cache import ChunkCache
+from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex, chunk_count
+from vmkeep.repository.repo import Repository
+
+
+@dataclass(frozen=True, slots=True)
+class TransferStats:
+    """What a disk transfer did; see domain.backup.DiskBackup for the meaning of each."""
+
+    read_bytes: int
+    new_bytes: int
+    stored_bytes: int
+    zero_chunks: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class _ChunkResult:
+    chunk_id: str
+    read: int
+    new: int
+    stored: int
+
+
+def _bounded_map(
+    work: Callable[[int], _ChunkResult],
+    numbers: Sequence[int],
+    workers: int,
+    on_result: Callable[[int, _ChunkResult], None],
+) -> None:
+    """Run ``work`` over ``numbers`` on ``workers`` threads with a bounded queue, delivering
+    results in order. The first exception cancels what is queued and propagates."""
+    window = max(2, workers * 2)
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk") as pool:
+        pending: deque[tuple[int, Future[_ChunkResult]]] = deque()
+        try:
+            for number in numbers:
+                pending.append((number, pool.submit(work, number)))
+                if len(pending) >= window:
+                    done_number, future = pending.popleft()
+                    on_result(done_number, future.result())
+            while pending:
+                done_number, future = pending.popleft()
+                on_result(done_number, future.result())
+        except BaseException:
+            for _, future in pending:
+                future.cancel()
+            raise
+
+
+def store_disk(
+    repo: Repository,
+    cache: ChunkCache,
+    reader: BlockReader,
+    to_read: Sequence[bool],
+    progress: Progress,
+    label: str,
+    *,
+    workers: int,
+    reused_ids: Sequence[str] | None = None,
+) -> tuple[DiskIndex, TransferStats]:
+    """Back up the disk behind ``reader`` and return its index (not yet written).
+
+    ``to_read[n]`` says whether chunk ``n`` must be read. Chunks not read take their id from
+    ``reused_ids`` (an incremental's parent index) or, without it, are zero chunks. Chunks
+    that read as all zeros are recorded as zero chunks, never stored.
+    """
+    size, chunk_size = reader.size, repo.chunk_size
+    count = chunk_count(size, chunk_size)
+    if len(to_read) != count or (reused_ids is not None and len(reused_ids) != count):
+        raise ValueError("chunk map does not match the disk")
+    ids = list(reused_ids) if reused_ids is not None else [ZERO_CHUNK] * count
+    zero_block = bytes(chunk_size)
+    totals = {"read": 0, "new": 0, "stored": 0}
+    started = time.monotonic()
+
+    def length_of(number: int) -> int:
+        return min(chunk_size, size - number * chunk_size)
+
+    def work(number: int) -> _ChunkResult:
+        length = length_of(number)
+        data = reader.pread(number * chunk_size, length)
+        if data == (zero_block if length == chunk_size else zero_block[:length]):
+            return _ChunkResult(ZERO_CHUNK, length, 0, 0)
+        chunk_id = repo.chunk_id(data)
+        if chunk_id in cache:
+            return _ChunkResult(chunk_id, length, 0, 0)
+        stored = repo.store_chunk(chunk_id, data)
+        cache.add(chunk_id)
+        return _ChunkResult(chunk_id, length, length if stored else 0, stored)
+
+    def on_result(number: int, result: _ChunkResult) -> None:
+        ids[number] = result.chunk_id
+        totals["read"] += result.read
+        totals["new"] += result.new
+        totals["stored"] += result.stored
+        progress.advance(result.read)
+
+    progress.begin(label, size)
+    skipped = [n for n in range(count) if not to_read[n]]
+    progress.advance(sum(length_of(n) for n in skipped))
+    try:
+        _bounded_map(work, [n for n in range(count) if to_read[n]], workers, on_result)
+    finally:
+        progress.finish()
+    index = DiskIndex(disk_size=size, chunk_size=chunk_size, chunk_ids=tuple(ids))
+    stats = TransferStats(
+        read_bytes=totals["read"],
+        new_bytes=totals["new"],
+        stored_bytes=totals["stored"],
+        zero_chunks=sum(1 for cid in ids if cid == ZERO_CHUNK),
+        seconds=time.monotonic() - started,
+    )
+    return index, stats
+
+
+def restore_disk(
+    repo: Repository,
+    index: DiskIndex,
+    writer: BlockWriter,
+    progress: Progress,
+    label: str,
+    *,
+    workers: int,
+) -> None:
+    """Write every non-zero chunk of ``index`` to ``writer``; zero chunks stay holes.
+
+    Each chunk is authenticated and re-hashed before it is written, so a corrupt repository
+    raises IntegrityError rather than producing wrong bytes (the writer then discards the
+    partial image).
+    """
+    progress.begin(label, index.disk_size)
+    numbers = [n for n, cid in enumerate(index.chunk_ids) if cid != ZERO_CHUNK]
+    progress.advance(index.disk_size - sum(index.chunk_length(n) for n in numbers))
+
+    def work(number: int) -> _ChunkResult:
+        chunk_id = index.chunk_ids[number]
+        data = repo.load_chunk(chunk_id)
+        if len(data) != index.chunk_length(number):
+            raise IntegrityError(f"chunk {chunk_id}: wrong length for its place in the disk")
+        writer.pwrite(number * index.chunk_size, data)
+        return _ChunkResult(chunk_id, len(data), 0, 0)
+
+    try:
+        _bounded_map(work, numbers, workers, lambda _n, r: progress.advance(r.read))
+    finally:
+        progress.finish()

@@ -1,0 +1,116 @@
+"""Opening repositories: picking the store for a location, wrapping it, unlocking it."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from vmkeep.backends.local import LocalStore
+from vmkeep.backends.wrappers import RateLimitedStore, RetryingStore
+from vmkeep.domain.errors import UsageError
+from vmkeep.drivers.nbd_image import QemuImageIO
+from vmkeep.engine.image_backup import RepoSession
+from vmkeep.ports import ObjectStore, Progress
+from vmkeep.repository.cache import ChunkCache
+from vmkeep.repository.locks import LockEnvironment
+from vmkeep.repository.repo import (
+    Identity,
+    InitOptions,
+    Repository,
+    init_repository,
+    open_repository,
+)
+from vmkeep.services.config import Settings
+from vmkeep.services.passwords import read_password
+
+
+@dataclass(frozen=True, slots=True)
+class RepoAccess:
+    """How to reach and unlock the repository, as given on the command line."""
+
+    password_file: Path | None = None
+    limit_upload: int | None = None  # bytes per second
+    create_bucket: bool = False
+
+
+def make_store(settings: Settings, access: RepoAccess, *, create: bool = False) -> ObjectStore:
+    """The store for ``settings.repository``: a local directory or ``s3://bucket/prefix``,
+    with retries (and an upload limit when asked)."""
+    location = settings.repository
+    store: ObjectStore
+    if location.startswith("s3://"):
+        from vmkeep.backends.s3 import S3Store  # boto3 takes a while to import: only if needed
+
+        store = S3Store(
+            location,
+            endpoint_url=settings.s3_endpoint,
+            create_bucket=create or access.create_bucket,
+        )
+    elif "://" in location:
+        raise UsageError(f"unsupported repository location {location!r}: use a path or s3://")
+    else:
+        path = Path(location)
+        store = LocalStore.create(path) if create else LocalStore(path)
+    store = RetryingStore(store)
+    if access.limit_upload:
+        store = RateLimitedStore(store, access.limit_upload)
+    return store
+
+
+def lock_environment() -> LockEnvironment:
+    return LockEnvironment(
+        host=socket.gethostname(), pid=os.getpid(), now=lambda: datetime.now(UTC).timestamp()
+    )
+
+
+def now_text() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def create_repository(
+    settings: Settings, access: RepoAccess, options: InitOptions, env: Mapping[str, str]
+) -> Repository:
+    """``repo init``: asks for a new password (twice when interactive) unless unencrypted."""
+    store = make_store(settings, access, create=True)
+    password = None
+    if options.encryption != "none":
+        password = read_password(env, access.password_file, confirm=True)
+    return init_repository(store, password, options, now=now_text(), who=Identity.current())
+
+
+def unlock_repository(settings: Settings, access: RepoAccess, env: Mapping[str, str]) -> Repository:
+    """Open the configured repository; the password is only asked for if it is encrypted."""
+    store = make_store(settings, access)
+    return open_repository(store, lambda: read_password(env, access.password_file, confirm=False))
+
+
+@contextmanager
+def repo_session(
+    settings: Settings,
+    access: RepoAccess,
+    env: Mapping[str, str],
+    progress: Progress,
+    workers: int | None = None,
+    *,
+    with_cache: bool = False,
+) -> Iterator[RepoSession]:
+    """An opened repository with image IO and a lock environment; with ``with_cache`` also
+    its dedup cache (loaded or rebuilt: only backups need it), else an empty one."""
+    repo = unlock_repository(settings, access, env)
+    if with_cache:
+        cache = ChunkCache.load(repo, settings.cache_dir / "chunks")
+    else:
+        cache = ChunkCache(None, set(), [])
+    yield RepoSession(
+        repo=repo,
+        cache=cache,
+        images=QemuImageIO(),
+        progress=progress,
+        lock_env=lock_environment(),
+        workers=workers or max(4, (os.cpu_count() or 2) * 2),
+    )
