@@ -3,8 +3,9 @@ the contract suite in tests/contract runs the same checks against the real thing
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,9 +13,11 @@ from vmkeep.domain.errors import (
     AlreadyExistsError,
     GuestAgentError,
     HypervisorError,
+    NotFoundError,
     ToolError,
     VmNotFoundError,
 )
+from vmkeep.domain.extents import Extent
 from vmkeep.domain.inventory import (
     AgentStatus,
     DiskDevice,
@@ -180,3 +183,65 @@ class RecordingProgress:
 
     def finish(self) -> None:
         pass
+
+
+class MemoryImage:
+    """BlockReader over bytes; extents report 64 KiB blocks of zeros as zero, like qemu."""
+
+    def __init__(self, data: bytes, fail_after: int | None = None) -> None:
+        self.data = data
+        self.reads: list[tuple[int, int]] = []
+        self.fail_after = fail_after
+
+    @property
+    def size(self) -> int:
+        return len(self.data)
+
+    def extents(self) -> list[Extent]:
+        block = 64 << 10
+        found = []
+        for offset in range(0, len(self.data), block):
+            piece = self.data[offset : offset + block]
+            found.append(Extent(offset, len(piece), zero=not any(piece)))
+        return found
+
+    def pread(self, offset: int, length: int) -> bytes:
+        if self.fail_after is not None and len(self.reads) >= self.fail_after:
+            raise ToolError("NBD read failed: connection reset")
+        self.reads.append((offset, length))
+        return self.data[offset : offset + length]
+
+
+class MemoryWriter:
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.written: list[int] = []
+
+    def pwrite(self, offset: int, data: bytes) -> None:
+        self.data[offset : offset + len(data)] = data
+        self.written.append(offset)
+
+
+class FakeImageIO:
+    """ImageIO over dicts: ``images`` to read from, ``outputs`` for what was restored (only
+    committed ones: a writer whose block raised is discarded, like the real one)."""
+
+    def __init__(self) -> None:
+        self.images: dict[Path, MemoryImage] = {}
+        self.outputs: dict[Path, bytes] = {}
+
+    @contextlib.contextmanager
+    def open_reader(self, path: Path, connections: int = 4) -> Iterator[MemoryImage]:
+        if path not in self.images:
+            raise NotFoundError(f"{path} does not exist")
+        yield self.images[path]
+
+    @contextlib.contextmanager
+    def create_writer(
+        self, path: Path, size: int, image_format: str, overwrite: bool = False
+    ) -> Iterator[MemoryWriter]:
+        if path in self.outputs and not overwrite:
+            raise AlreadyExistsError(f"{path} exists")
+        writer = MemoryWriter(size)
+        yield writer
+        self.outputs[path] = bytes(writer.data)

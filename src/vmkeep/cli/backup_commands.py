@@ -57,7 +57,7 @@ def backup_image_command(
     with repo_session(settings, access, os.environ, progress, workers, with_cache=True) as session:
         manifest = backup_image(
             session,
-            ImageBackupRequest(source=image, name=name, tags=tuple(tag or ())),
+            ImageBackupRequest(source=image.absolute(), name=name, tags=tuple(tag or ())),
             now=datetime.now(UTC),
             host=socket.gethostname(),
         )

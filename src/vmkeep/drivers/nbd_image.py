@@ -21,7 +21,7 @@ from typing import Any
 
 import nbd
 
-from vmkeep.domain.errors import AlreadyExistsError, NotFoundError, ToolError
+from vmkeep.domain.errors import AlreadyExistsError, NotFoundError, ToolError, UsageError
 from vmkeep.domain.extents import Extent
 from vmkeep.drivers.process import run_tool
 
@@ -35,6 +35,8 @@ def probe_format(path: Path) -> str:
     format would be misdetected: callers that know the format should say so."""
     if not path.exists():
         raise NotFoundError(f"{path} does not exist")
+    if not path.is_file() and not path.is_block_device():
+        raise UsageError(f"{path} is not a disk image")
     info = json.loads(run_tool(["qemu-img", "info", "--output=json", "-U", str(path)], timeout=60))
     return str(info["format"])
 

@@ -49,10 +49,6 @@ def backup_image(
     """Back up one image file. The backup becomes visible only when its manifest is written,
     after every chunk and the index; a failure or kill before that leaves no backup."""
     source = request.source
-    if not source.exists():
-        raise NotFoundError(f"{source} does not exist")
-    if source.is_dir():
-        raise UsageError(f"{source} is a directory, not a disk image")
     name = request.name or source.name
     repo = session.repo
     with locked(repo.store, session.lock_env, exclusive=False, purpose=f"backup-image {name}"):
@@ -82,7 +78,7 @@ def backup_image(
                     size=image_size,
                     chunk_size=repo.chunk_size,
                     index_id=index_id,
-                    source=str(source.resolve()),
+                    source=str(source),
                     read_bytes=stats.read_bytes,
                     new_bytes=stats.new_bytes,
                     stored_bytes=stats.stored_bytes,
