@@ -45,7 +45,7 @@ def test_exclusive_blocks_everyone() -> None:
     store, clock = MemoryStore(), Clock()
     with locked(store, env(clock, pid=1), exclusive=True, purpose="gc"):
         for exclusive in (False, True):
-            with pytest.raises(LockedError, match="exclusive lock for 'gc'.*pid 1 on h1"):
+            with pytest.raises(LockedError, match=r"exclusive lock for 'gc'.*pid 1 on h1"):
                 RepositoryLock(store, env(clock, pid=2), exclusive, "backup").acquire()
 
 
