@@ -20,6 +20,8 @@ if not stdout.is_terminal:
     # into 80 columns and cut paths.
     stdout.width = 200
 stderr = Console(stderr=True, highlight=False)
+if not stderr.is_terminal:
+    stderr.width = 200
 
 
 def jsonable(value: Any) -> Any:
@@ -56,7 +58,7 @@ def setup_logging(verbosity: int) -> None:
 
 def error(message: str) -> None:
     """The one-line error users see."""
-    stderr.print(f"[bold red]error:[/bold red] {escape(message)}")
+    stderr.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
 
 
 def escape(text: str) -> str:

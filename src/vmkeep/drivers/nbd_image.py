@@ -96,13 +96,7 @@ def _served(
     conns: _Connections | None = None
     try:
         _wait_for_socket(process, socket_path)
-        handles = []
-        for _ in range(connections):
-            handle = nbd.NBD()
-            if not writable:
-                handle.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
-            handle.connect_unix(str(socket_path))
-            handles.append(handle)
+        handles = [_connect(process, socket_path, writable) for _ in range(connections)]
         conns = _Connections(handles)
         yield conns
         conns.close(flush=writable)
@@ -114,6 +108,23 @@ def _served(
             conns.close(flush=False)
         _stop(process)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _connect(process: subprocess.Popen[bytes], socket_path: Path, writable: bool) -> Any:
+    """A connected handle. qemu-nbd creates the socket a moment before it listens on it, so a
+    refused connection is retried (a failed libnbd handle cannot be reused: make a new one)."""
+    deadline = time.monotonic() + _STARTUP_TIMEOUT
+    while True:
+        handle = nbd.NBD()
+        if not writable:
+            handle.add_meta_context(nbd.CONTEXT_BASE_ALLOCATION)
+        try:
+            handle.connect_unix(str(socket_path))
+            return handle
+        except nbd.Error:
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise
+            time.sleep(0.01)
 
 
 def _wait_for_socket(process: subprocess.Popen[bytes], socket_path: Path) -> None:
