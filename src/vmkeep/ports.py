@@ -160,6 +160,11 @@ class ObjectStore(Protocol):
         """Remove ``name``. Idempotent: deleting a missing object is not an error."""
         ...
 
+    def sync(self) -> None:
+        """Make every ``put`` that returned durable (a no-op where puts are durable already,
+        as on S3). Callers sync before publishing an object that refers to earlier ones."""
+        ...
+
 
 class BlockReader(Protocol):
     """Random read access to a disk image or a VM disk export. ``pread`` is thread-safe."""

@@ -99,3 +99,10 @@ def test_concurrent_creates_of_one_name_have_one_winner(store: ObjectStore) -> N
         results = list(pool.map(lambda i: store.put("race", f"writer {i}".encode()), range(8)))
     assert results.count(True) == 1
     assert store.get("race") == f"writer {results.index(True)}".encode()
+
+
+def test_sync_keeps_everything_readable(store: ObjectStore) -> None:
+    store.put("data/aa/aa", b"chunk")
+    store.sync()
+    store.sync()  # idempotent
+    assert store.get("data/aa/aa") == b"chunk"

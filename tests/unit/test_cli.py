@@ -107,3 +107,46 @@ def test_lab_destroy_refuses_non_lab_vm(capsys: pytest.CaptureFixture[str]) -> N
     code, _, err = run(capsys, "-c", TEST_URI, "lab", "destroy", "test")
     assert code == 9
     assert "not a lab VM" in err
+
+
+def test_repo_init_refuses_a_non_empty_directory(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    target = tmp_path / "precious"
+    target.mkdir()
+    (target / "thesis.txt").write_text("do not mix backups in here")
+    code, _, err = run(capsys, "repo", "init", str(target), "--encryption", "none")
+    assert code == 2
+    assert "not empty" in err
+    assert [p.name for p in target.iterdir()] == ["thesis.txt"]
+
+
+def test_repo_init_none_warns_and_list_works(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    repo = str(tmp_path / "repo")
+    code, out, err = run(capsys, "repo", "init", repo, "--encryption", "none", "--json")
+    assert code == 0
+    assert "warning" in err
+    assert json.loads(out)["encryption"] == "none"
+    code, out, _ = run(capsys, "list", "-r", repo, "--json")
+    assert (code, json.loads(out)) == (0, {"backups": [], "unreadable": []})
+    code, _, err = run(capsys, "repo", "init", repo, "--encryption", "none")
+    assert code == 4 and "exists already" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--chunk-size", "3M"), "power of two"),
+        (("--chunk-size", "16K"), "power of two"),
+        (("--compression-level", "25"), "1 to 19"),
+        (("--encryption", "rot13"), "unknown encryption"),
+    ],
+)
+def test_repo_init_bad_options(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, args: tuple[str, ...], message: str
+) -> None:
+    code, _, err = run(capsys, "repo", "init", str(tmp_path / "r"), *args)
+    assert code == 2
+    assert message in err

@@ -1,14 +1,22 @@
 """ObjectStore in a local directory.
 
-Each object is one file at ``ROOT/NAME``. Writes go to ``ROOT/tmp/`` first, are fsynced, and
-are then hard-linked into place: ``link()`` fails if the name exists, which makes creation
-atomic *and* never-overwriting without any lock. Stray files in ``tmp/`` (from a kill -9) are
+Each object is one file at ``ROOT/NAME``. Writes go to ``ROOT/tmp/`` first and are then
+hard-linked into place: ``link()`` fails if the name exists, which makes creation atomic *and*
+never-overwriting without any lock.
+
+Durability is batched, as in PBS's "filesystem" sync level: ``put`` does not fsync, ``sync``
+flushes the whole filesystem once (``syncfs``). The repository calls ``sync`` before it writes
+anything that refers to earlier objects (indexes before the manifest, the manifest itself), so
+a power loss can lose an unfinished backup but never leaves a manifest pointing at lost chunks.
+An fsync per chunk cost about a quarter of the backup time here. Stray files in ``tmp/`` (from a kill -9) are
 ignored by ``list`` and removed by ``clean_temporary``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import errno
 import os
 import secrets
@@ -65,7 +73,6 @@ class LocalStore:
                 while view:
                     written = os.write(fd, view)
                     view = view[written:]
-                os.fsync(fd)
             finally:
                 os.close(fd)
             final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -73,7 +80,6 @@ class LocalStore:
                 os.link(temp, final)
             except FileExistsError:
                 return False
-            _fsync_dir(final.parent)
             return True
         except OSError as exc:
             raise _os_error(exc, f"writing {name} to {self.root}") from exc
@@ -108,6 +114,12 @@ class LocalStore:
                     with contextlib.suppress(FileNotFoundError):
                         yield ObjectInfo(name, path.stat().st_size)
 
+    def sync(self) -> None:
+        try:
+            _syncfs(self.root)
+        except OSError as exc:
+            raise _os_error(exc, f"flushing {self.root}") from exc
+
     def delete(self, name: str) -> None:
         path = self._path(name)
         try:
@@ -126,10 +138,25 @@ class LocalStore:
         return removed
 
 
-def _fsync_dir(directory: Path) -> None:
-    """Make the new directory entry durable, so a crash cannot lose a written object."""
+def _syncfs(directory: Path) -> None:
+    """Flush every dirty page and inode of the filesystem holding ``directory``.
+
+    Python has no ``os.syncfs``; calling libc's through ctypes flushes just this filesystem,
+    where ``os.sync`` would flush every filesystem of the host (used only as a fallback).
+    """
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        os.fsync(fd)
+        if _LIBC is None or _LIBC.syncfs(fd) != 0:
+            os.sync()
     finally:
         os.close(fd)
+
+
+def _load_libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    except OSError:
+        return None
+
+
+_LIBC = _load_libc()

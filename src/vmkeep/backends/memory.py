@@ -50,3 +50,6 @@ class MemoryStore:
         validate_object_name(name)
         with self._lock:
             self.objects.pop(name, None)
+
+    def sync(self) -> None:
+        """Nothing to flush in memory."""

@@ -82,6 +82,9 @@ class RetryingStore:
     def delete(self, name: str) -> None:
         self._retry(f"delete {name}", lambda: self.inner.delete(name))
 
+    def sync(self) -> None:
+        self._retry("sync", self.inner.sync)
+
 
 class RateLimitedStore:
     """Caps upload bandwidth (``put`` bytes per second) across all threads: a token bucket
@@ -133,3 +136,6 @@ class RateLimitedStore:
 
     def delete(self, name: str) -> None:
         self.inner.delete(name)
+
+    def sync(self) -> None:
+        self.inner.sync()

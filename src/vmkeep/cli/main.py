@@ -76,6 +76,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except VmkeepError as exc:
         error(str(exc))
         return exc.exit_code
+    except KeyboardInterrupt:
+        error("interrupted; nothing half-done is visible (run `vmkeep repo check` to confirm)")
+        return 130
     except typer.Exit as exc:
         return int(exc.exit_code)
     except typer.Abort:

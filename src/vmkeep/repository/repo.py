@@ -159,10 +159,13 @@ class Repository:
     # -- manifests ---------------------------------------------------------------------------
 
     def write_manifest(self, manifest: BackupManifest) -> None:
-        """Publish a backup. Call only after every chunk and index it names is stored."""
+        """Publish a backup. Call only after every chunk and index it names is stored: this
+        first makes them durable, then writes the manifest and makes it durable too."""
         blob = self.codec.seal(ObjectType.MANIFEST, manifest.backup_id, encode_manifest(manifest))
+        self.store.sync()
         if not self.store.put(manifest_object(manifest.backup_id), blob):
             raise AlreadyExistsError(f"backup {manifest.backup_id} exists already")
+        self.store.sync()
 
     def load_manifest(self, backup_id: BackupId) -> BackupManifest:
         validate_backup_id(backup_id)
@@ -201,6 +204,7 @@ class Repository:
             scrypt_n=scrypt_n or keyfiles.DEFAULT_SCRYPT_N,
         )
         self.store.put(keyfiles.KEY_PREFIX + key_id, blob)
+        self.store.sync()
         return key_id
 
     def remove_key(self, key_id: str) -> None:
@@ -243,6 +247,17 @@ class Repository:
         return self.codec.keys
 
 
+def validate_init_options(options: InitOptions) -> None:
+    """Raise UsageError for options ``init_repository`` would refuse, before anything is made."""
+    if options.encryption not in (ENCRYPTION_AES, ENCRYPTION_NONE):
+        raise UsageError(f"unknown encryption {options.encryption!r}: use {ENCRYPTION_AES} or none")
+    size = options.chunk_size
+    if size < 4096 or size > 16 << 20 or size & (size - 1):
+        raise UsageError("the chunk size must be a power of two up to 16M")
+    if not 1 <= options.compression_level <= 19:
+        raise UsageError("the compression level must be from 1 to 19")
+
+
 def init_repository(
     store: ObjectStore,
     password: bytes | None,
@@ -257,11 +272,10 @@ def init_repository(
     The key file is written before the config: a crash in between leaves no repository (no
     config) and an unused key file, never a repository nobody can open.
     """
+    validate_init_options(options)
     if store.exists(CONFIG_NAME):
         raise AlreadyExistsError(f"a repository exists already at {store.location}")
     encrypted = options.encryption != ENCRYPTION_NONE
-    if options.encryption not in (ENCRYPTION_AES, ENCRYPTION_NONE):
-        raise UsageError(f"unknown encryption {options.encryption!r}: use {ENCRYPTION_AES} or none")
     if encrypted and not password:
         raise UsageError("an encrypted repository needs a password")
     keys = MasterKeys.generate(random_bytes)
@@ -288,6 +302,7 @@ def init_repository(
         repo.key_id = repo.add_key(password, who, now, options.scrypt_n)
     if not store.put(CONFIG_NAME, encode_config(config, codec.mac(config.canonical()))):
         raise AlreadyExistsError(f"a repository was created at {store.location} meanwhile")
+    store.sync()
     return repo
 
 

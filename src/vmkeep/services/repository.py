@@ -23,6 +23,7 @@ from vmkeep.repository.repo import (
     InitOptions,
     Repository,
     init_repository,
+    validate_init_options,
     open_repository,
 )
 from vmkeep.services.config import Settings
@@ -55,6 +56,8 @@ def make_store(settings: Settings, access: RepoAccess, *, create: bool = False) 
         raise UsageError(f"unsupported repository location {location!r}: use a path or s3://")
     else:
         path = Path(location)
+        if create and path.is_dir() and any(path.iterdir()) and not (path / "config").exists():
+            raise UsageError(f"{path} is not empty: create a repository in an empty directory")
         store = LocalStore.create(path) if create else LocalStore(path)
     store = RetryingStore(store)
     if access.limit_upload:
@@ -75,11 +78,13 @@ def now_text() -> str:
 def create_repository(
     settings: Settings, access: RepoAccess, options: InitOptions, env: Mapping[str, str]
 ) -> Repository:
-    """``repo init``: asks for a new password (twice when interactive) unless unencrypted."""
-    store = make_store(settings, access, create=True)
+    """``repo init``: asks for a new password (twice when interactive) unless unencrypted.
+    Bad options and a missing password are refused before anything is created."""
+    validate_init_options(options)
     password = None
     if options.encryption != "none":
         password = read_password(env, access.password_file, confirm=True)
+    store = make_store(settings, access, create=True)
     return init_repository(store, password, options, now=now_text(), who=Identity.current())
 
 
