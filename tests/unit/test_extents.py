@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from vmkeep.domain.extents import Extent, data_chunks
+from vmkeep.domain.extents import Extent, chunks_touched, data_chunks
 
 
 def test_only_fully_zero_chunks_are_skipped() -> None:
@@ -20,3 +20,10 @@ def test_uncovered_ranges_are_read() -> None:
 def test_last_partial_chunk_and_overhanging_extent() -> None:
     assert data_chunks([Extent(0, 4096, zero=True)], 1000, 256) == [False] * 4
     assert data_chunks([Extent(0, 768, zero=True)], 1000, 256) == [False, False, False, True]
+
+
+def test_chunks_touched_by_dirty_ranges() -> None:
+    dirty = [Extent(0, 1, zero=False), Extent(300, 300, zero=False), Extent(1023, 5, zero=False)]
+    assert chunks_touched(dirty, 1024, 256) == [True, True, True, True]
+    assert chunks_touched([Extent(256, 256, zero=False)], 1024, 256) == [False, True, False, False]
+    assert chunks_touched([], 1000, 256) == [False] * 4

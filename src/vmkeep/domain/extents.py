@@ -32,3 +32,17 @@ def data_chunks(extents: Iterable[Extent], disk_size: int, chunk_size: int) -> l
             known_zero[number] += chunk_end - position
             position = chunk_end
     return [known_zero[n] < min(chunk_size, disk_size - n * chunk_size) for n in range(count)]
+
+
+def chunks_touched(ranges: Iterable[Extent], disk_size: int, chunk_size: int) -> list[bool]:
+    """For every chunk, whether any of ``ranges`` (dirty regions, whatever their ``zero``
+    flag) overlaps it. Used to turn a dirty bitmap into the chunks an incremental must visit."""
+    count = (disk_size + chunk_size - 1) // chunk_size
+    touched = [False] * count
+    for extent in ranges:
+        start, end = max(extent.offset, 0), min(extent.offset + extent.length, disk_size)
+        if end <= start:
+            continue
+        for number in range(start // chunk_size, (end - 1) // chunk_size + 1):
+            touched[number] = True
+    return touched
