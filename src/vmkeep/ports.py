@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
 
+from vmkeep.domain.backup import BackupJobRequest
 from vmkeep.domain.extents import Extent
 from vmkeep.domain.inventory import VmInfo
 from vmkeep.domain.objects import ObjectInfo
@@ -67,6 +68,47 @@ class Hypervisor(Protocol):
         """
         ...
 
+    def domain_xml(self, name: str) -> str:
+        """The persistent (inactive) definition, without secrets; what a restore redefines."""
+        ...
+
+    def freeze_filesystems(self, name: str, timeout: int) -> int:
+        """Freeze the guest's filesystems through the agent; returns how many. Raises
+        GuestAgentError if the agent is missing, hangs past ``timeout`` s, or refuses."""
+        ...
+
+    def thaw_filesystems(self, name: str, timeout: int) -> None:
+        """Thaw what freeze_filesystems froze. Safe to call when nothing is frozen."""
+        ...
+
+    def backup_job(self, request: BackupJobRequest) -> AbstractContextManager[BackupExport]:
+        """Start a pull-mode backup creating ``request.checkpoint`` atomically with it.
+
+        Leaving the block normally ends the job and keeps the checkpoint. Leaving it with an
+        exception ends the job *and deletes the new checkpoint*, so a failed backup never
+        leaves a checkpoint that could mislead the next incremental. Either way the job's
+        scratch files and socket are gone afterwards. Raises HypervisorError if the job
+        cannot start (for example, a bitmap the incremental needs is missing or broken).
+        """
+        ...
+
+    def abort_backup_job(self, name: str) -> bool:
+        """End a backup job left running by a killed process; True if there was one."""
+        ...
+
+    def delete_checkpoint(self, name: str, checkpoint: str) -> None:
+        """Delete a checkpoint (its changes merge into its parent's bitmap). Idempotent."""
+        ...
+
+
+class BackupExport(Protocol):
+    """A running pull-mode backup job: the disks frozen at the job's start, readable while
+    the VM goes on writing."""
+
+    def open_disk(self, target: str, connections: int = 4) -> AbstractContextManager[ExportReader]:
+        """Connect to the export of disk ``target``."""
+        ...
+
 
 class DiskImageTool(Protocol):
     """Creates disk images for VMs vmkeep makes itself."""
@@ -86,6 +128,14 @@ class GuestBuilder(Protocol):
 
     def ensure_guest(self, cache_dir: Path) -> GuestBoot:
         """Return the kernel and initramfs, building them into ``cache_dir`` if missing."""
+        ...
+
+
+class HostLocks(Protocol):
+    """Exclusive locks between processes on this host, released when the holder dies."""
+
+    def hold(self, key: str, what: str) -> AbstractContextManager[None]:
+        """Hold the lock ``key`` for the block; LockedError naming ``what`` if it is taken."""
         ...
 
 
@@ -183,6 +233,15 @@ class BlockReader(Protocol):
         ...
 
 
+class ExportReader(BlockReader, Protocol):
+    """A disk exported by a backup job: a BlockReader that also knows what changed."""
+
+    def dirty_ranges(self) -> list[Extent] | None:
+        """Ranges written since the job's ``incremental_from`` checkpoint; None for a disk
+        read in full."""
+        ...
+
+
 class BlockWriter(Protocol):
     """Random write access to a new image. ``pwrite`` is thread-safe; unwritten ranges read
     as zeros and take no space."""
@@ -195,9 +254,20 @@ class BlockWriter(Protocol):
 class ImageIO(Protocol):
     """Opens disk images for reading and creates new ones, whatever their format."""
 
-    def open_reader(self, path: Path, connections: int = 4) -> AbstractContextManager[BlockReader]:
-        """Read-only access to an existing image (qcow2, raw, ...). The image must not be in
-        use by a running VM. Raises ToolError/NotFoundError if it cannot be opened."""
+    def open_reader(
+        self,
+        path: Path,
+        connections: int = 4,
+        *,
+        image_format: str | None = None,
+        bitmap: str | None = None,
+    ) -> AbstractContextManager[ExportReader]:
+        """Read-only access to an existing image that no running VM uses.
+
+        ``image_format`` None means probe it (never do that for guest-writable raw images:
+        a guest could fake a qcow2 header). With ``bitmap``, ``dirty_ranges`` reports the
+        changes that persistent bitmap recorded. Raises ToolError/NotFoundError if the image
+        cannot be opened."""
         ...
 
     def create_writer(

@@ -8,8 +8,8 @@ Durability is batched, as in PBS's "filesystem" sync level: ``put`` does not fsy
 flushes the whole filesystem once (``syncfs``). The repository calls ``sync`` before it writes
 anything that refers to earlier objects (indexes before the manifest, the manifest itself), so
 a power loss can lose an unfinished backup but never leaves a manifest pointing at lost chunks.
-An fsync per chunk cost about a quarter of the backup time here. Stray files in ``tmp/`` (from a kill -9) are
-ignored by ``list`` and removed by ``clean_temporary``.
+An fsync per chunk cost about a quarter of the backup time here. Stray files in ``tmp/``
+(from a kill -9) are ignored by ``list`` and removed by ``clean_temporary``.
 """
 
 from __future__ import annotations

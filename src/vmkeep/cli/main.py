@@ -10,7 +10,13 @@ from typing import Annotated
 import typer
 
 from vmkeep import __version__
-from vmkeep.cli import backup_commands, lab_commands, repo_commands, vm_commands
+from vmkeep.cli import (
+    backup_commands,
+    lab_commands,
+    repo_commands,
+    vm_backup_commands,
+    vm_commands,
+)
 from vmkeep.cli.output import error, setup_logging
 from vmkeep.cli.state import GlobalOptions
 from vmkeep.domain.errors import VmkeepError
@@ -25,6 +31,7 @@ app = typer.Typer(
 app.add_typer(vm_commands.app, name="vm")
 app.add_typer(lab_commands.app, name="lab")
 app.add_typer(repo_commands.app, name="repo")
+app.command("backup")(vm_backup_commands.backup_command)
 app.command("backup-image")(backup_commands.backup_image_command)
 app.command("restore-image")(backup_commands.restore_image_command)
 app.command("list")(backup_commands.list_command)

@@ -29,6 +29,8 @@ class DiskBackup:
     stored_bytes: int = 0
     zero_chunks: int = 0
     seconds: float = 0.0
+    mode: str = "full"
+    """``full`` (every allocated chunk read) or ``incremental`` (only dirty chunks read)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +51,38 @@ class BackupManifest:
     tags: tuple[str, ...] = ()
     config_files: dict[str, str] = field(default_factory=dict)
     vmkeep_version: str = ""
+    vm_uuid: str | None = None
+    checkpoint: str | None = None
+    """The libvirt checkpoint taken with this backup: the next incremental starts from it."""
+    quiesced: bool = False
+    warnings: tuple[str, ...] = ()
+    reason: str | None = None
+    """Why a full backup was taken when an incremental was possible in principle."""
+    group: str | None = None
 
     @property
     def size(self) -> int:
         return sum(d.size for d in self.disks)
+
+
+@dataclass(frozen=True, slots=True)
+class DiskJob:
+    """One disk in a hypervisor backup job: its target and whether to read it incrementally
+    (only changes since the job's ``incremental_from`` checkpoint) or in full."""
+
+    target: str
+    incremental: bool
+    with_checkpoint: bool = True
+    """Whether the new checkpoint tracks this disk (qcow2 only: raw disks have no bitmaps)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BackupJobRequest:
+    """A pull-mode backup of one running VM. ``workdir`` holds the job's NBD socket and
+    scratch files; it is created by the hypervisor driver and removed when the job ends."""
+
+    vm: str
+    disks: tuple[DiskJob, ...]
+    checkpoint: str
+    incremental_from: str | None
+    workdir: str

@@ -11,12 +11,13 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
 import libvirt
 import libvirt_qemu
 
+from vmkeep.domain.backup import BackupJobRequest
 from vmkeep.domain.errors import (
     AlreadyExistsError,
     GuestAgentError,
@@ -35,7 +36,8 @@ from vmkeep.domain.inventory import (
     VmState,
 )
 from vmkeep.domain.vmspec import ExecResult, VmSpec
-from vmkeep.drivers import domain_xml
+from vmkeep.drivers import domain_xml, libvirt_backup
+from vmkeep.drivers.libvirt_backup import LibvirtExport
 from vmkeep.drivers.qemu_img import read_backing_chain
 
 log = logging.getLogger(__name__)
@@ -294,6 +296,39 @@ class LibvirtHypervisor:
             stdout=base64.b64decode(status.get("out-data", "")),
             stderr=base64.b64decode(status.get("err-data", "")),
         )
+
+    # -- backups ----------------------------------------------------------------------------
+
+    def domain_xml(self, name: str) -> str:
+        dom = self._lookup(name)
+        with _translated(f"reading the definition of {name!r}", name):
+            flags = libvirt.VIR_DOMAIN_XML_INACTIVE if dom.isPersistent() else 0
+            return str(dom.XMLDesc(flags))
+
+    def freeze_filesystems(self, name: str, timeout: int) -> int:
+        dom = self._lookup(name)
+        with _translated(f"freezing the filesystems of {name!r}", name):
+            dom.agentSetResponseTimeout(timeout, 0)
+            return int(dom.fsFreeze(None, 0))
+
+    def thaw_filesystems(self, name: str, timeout: int) -> None:
+        dom = self._lookup(name)
+        with _translated(f"thawing the filesystems of {name!r}", name):
+            dom.agentSetResponseTimeout(timeout, 0)
+            dom.fsThaw(None, 0)
+
+    def backup_job(self, request: BackupJobRequest) -> AbstractContextManager[LibvirtExport]:
+        return libvirt_backup.pull_backup(self._lookup(request.vm), request)
+
+    def abort_backup_job(self, name: str) -> bool:
+        dom = self._lookup(name)
+        if not libvirt_backup.job_active(dom):
+            return False
+        libvirt_backup.end_job(dom)
+        return True
+
+    def delete_checkpoint(self, name: str, checkpoint: str) -> None:
+        libvirt_backup.delete_checkpoint(self._lookup(name), checkpoint)
 
 
 def _poll(fetch: Callable[[], dict[str, Any]], timeout: float, what: str) -> dict[str, Any]:

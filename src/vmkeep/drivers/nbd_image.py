@@ -105,10 +105,19 @@ class QemuImageIO:
     """ImageIO through qemu-img and qemu-nbd."""
 
     @contextlib.contextmanager
-    def open_reader(self, path: Path, connections: int = 4) -> Iterator[NbdReader]:
-        image_format = probe_format(path)
-        with serve_image(path, image_format, connections, writable=False) as pool:
-            yield NbdReader(pool)
+    def open_reader(
+        self,
+        path: Path,
+        connections: int = 4,
+        *,
+        image_format: str | None = None,
+        bitmap: str | None = None,
+    ) -> Iterator[NbdReader]:
+        if not path.exists():
+            raise NotFoundError(f"{path} does not exist")
+        fmt = image_format or probe_format(path)
+        with serve_image(path, fmt, connections, writable=False, bitmap=bitmap) as pool:
+            yield NbdReader(pool, f"qemu:dirty-bitmap:{bitmap}" if bitmap else None)
 
     @contextlib.contextmanager
     def create_writer(

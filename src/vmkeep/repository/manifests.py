@@ -34,6 +34,7 @@ def decode_manifest(data: bytes, backup_id: BackupId) -> BackupManifest:
         document = json.loads(data)
         disks = tuple(DiskBackup(**disk) for disk in document.pop("disks"))
         document["tags"] = tuple(document.get("tags", ()))
+        document["warnings"] = tuple(document.get("warnings", ()))
         manifest = BackupManifest(disks=disks, **document)
     except (ValueError, TypeError, KeyError) as exc:
         raise IntegrityError(f"manifest {backup_id}: malformed ({exc})") from exc

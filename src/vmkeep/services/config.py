@@ -41,6 +41,7 @@ class Settings:
     repository: str = ""
     s3_endpoint: str | None = None
     cache_dir: Path = Path("/var/cache/vmkeep")
+    data_dir: Path = Path("/var/lib/vmkeep")
 
 
 def default_config_path(env: Mapping[str, str], is_root: bool) -> Path:
@@ -132,4 +133,5 @@ def resolve_settings(
         repository=repository or str(default_data_dir(env, is_root) / "repository"),
         s3_endpoint=endpoint or None,
         cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(env, is_root),
+        data_dir=default_data_dir(env, is_root),
     )

@@ -13,9 +13,11 @@ from pathlib import Path
 from vmkeep.backends.local import LocalStore
 from vmkeep.backends.wrappers import RateLimitedStore, RetryingStore
 from vmkeep.domain.errors import UsageError
+from vmkeep.drivers.host_locks import FileLocks
 from vmkeep.drivers.nbd_image import QemuImageIO
 from vmkeep.engine.image_backup import RepoSession
-from vmkeep.ports import ObjectStore, Progress
+from vmkeep.engine.vm_backup import VmBackupDeps
+from vmkeep.ports import Hypervisor, ObjectStore, Progress
 from vmkeep.repository.cache import ChunkCache
 from vmkeep.repository.locks import LockEnvironment
 from vmkeep.repository.repo import (
@@ -23,8 +25,8 @@ from vmkeep.repository.repo import (
     InitOptions,
     Repository,
     init_repository,
-    validate_init_options,
     open_repository,
+    validate_init_options,
 )
 from vmkeep.services.config import Settings
 from vmkeep.services.passwords import read_password
@@ -118,4 +120,17 @@ def repo_session(
         progress=progress,
         lock_env=lock_environment(),
         workers=workers or max(4, (os.cpu_count() or 2) * 2),
+    )
+
+
+def vm_backup_deps(
+    settings: Settings, session: RepoSession, hypervisor: Hypervisor
+) -> VmBackupDeps:
+    """What VM backups need besides the repository: the hypervisor, per-VM host locks and the
+    directory for job sockets and scratch files."""
+    return VmBackupDeps(
+        session=session,
+        hypervisor=hypervisor,
+        host_locks=FileLocks(settings.data_dir / "locks"),
+        jobs_dir=settings.data_dir / "jobs",
     )

@@ -1,0 +1,456 @@
+"""Backups of VMs, running or shut off: full or incremental, quiesced when the guest agent
+answers, alone or as a consistency group.
+
+Running VMs: a libvirt pull-mode backup job per VM, started together with a new checkpoint;
+the disks are read over NBD while the guest goes on writing. Incrementals read only chunks
+that are dirty (since the parent backup's checkpoint) *and* allocated; dirty chunks that now
+read as zeros (trimmed) are recorded as zero chunks, so restores stay bit-exact after TRIM;
+clean chunks take the parent's chunk ids without being read.
+
+Shut-off VMs: the disk images are read with qemu-nbd; an incremental uses the persistent
+bitmap of the last checkpoint (libvirt cannot create checkpoints for shut-off VMs, so the
+backup records that same checkpoint as its own).
+
+Nothing is left behind on failure: the job is ended, its scratch files removed, the new
+checkpoint deleted, and no manifest written. A killed run's leftovers are cleaned up by the
+next run, which holds the VM's host lock and so knows they are not someone else's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import shutil
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+from vmkeep import __version__
+from vmkeep.domain.backup import BackupJobRequest, BackupManifest, DiskBackup, DiskJob
+from vmkeep.domain.chain import ChainPlan, DiskFacts, plan_backup
+from vmkeep.domain.errors import (
+    GuestAgentError,
+    HypervisorError,
+    UsageError,
+    VmkeepError,
+)
+from vmkeep.domain.extents import chunks_touched, data_chunks
+from vmkeep.domain.inventory import AgentStatus, DiskDevice, SourceType, VmInfo
+from vmkeep.engine.disk_transfer import store_disk
+from vmkeep.engine.image_backup import RepoSession
+from vmkeep.ports import BackupExport, ExportReader, HostLocks, Hypervisor
+from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex
+from vmkeep.repository.locks import locked
+from vmkeep.repository.manifests import new_backup_id
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_PREFIX = "vmkeep-"
+BACKUP_DISK_FORMATS = ("qcow2", "raw")
+
+
+@dataclass(frozen=True, slots=True)
+class VmBackupOptions:
+    """``vmkeep backup`` choices. ``quiesce`` None means: when the guest agent answers."""
+
+    full: bool = False
+    quiesce: bool | None = None
+    group: bool = False
+    tags: tuple[str, ...] = ()
+    freeze_timeout: int = 10
+
+
+@dataclass(frozen=True, slots=True)
+class VmBackupDeps:
+    session: RepoSession
+    hypervisor: Hypervisor
+    host_locks: HostLocks
+    jobs_dir: Path
+    """Where each job's NBD socket and scratch files live (``<jobs_dir>/<vm uuid>``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class VmBackupResult:
+    """One VM's outcome: a manifest, or the error (with its exit code) that stopped it."""
+
+    vm: str
+    manifest: BackupManifest | None
+    error: str | None = None
+    exit_code: int = 0
+
+
+@dataclass(slots=True)
+class _Prepared:
+    """One VM on its way through a backup."""
+
+    vm: VmInfo
+    disks: list[DiskFacts]
+    plan: ChainPlan
+    backup_id: str
+    warnings: list[str] = field(default_factory=list)
+    quiesced: bool = False
+    export: BackupExport | None = None
+
+    @property
+    def running(self) -> bool:
+        return self.vm.state.is_active
+
+    @property
+    def checkpoint(self) -> str | None:
+        if self.running:
+            return CHECKPOINT_PREFIX + self.backup_id
+        return self.plan.parent.checkpoint if self.plan.parent else None
+
+
+@dataclass(frozen=True, slots=True)
+class _DiskOutcome:
+    index: DiskIndex
+    record: DiskBackup
+
+
+def backup_vms(
+    deps: VmBackupDeps, names: Sequence[str], options: VmBackupOptions, *, now: datetime, host: str
+) -> list[VmBackupResult]:
+    """Back up ``names``. Without ``group`` each VM is backed up on its own and a failure of
+    one does not stop the others (its result carries the error). With ``group`` every member
+    is frozen, then every job started, then every member thawed: one consistency point."""
+    if not names:
+        raise UsageError("name at least one VM")
+    if len(set(names)) != len(names):
+        raise UsageError("a VM is named twice")
+    repo = deps.session.repo
+    with locked(
+        repo.store, deps.session.lock_env, exclusive=False, purpose=f"backup {', '.join(names)}"
+    ):
+        if options.group:
+            return _backup_group(deps, names, options, now, host)
+        results = []
+        for name in names:
+            try:
+                results.extend(_backup_group(deps, [name], options, now, host))
+            except VmkeepError as exc:
+                log.error("backup of %s failed: %s", name, exc)
+                results.append(VmBackupResult(name, None, str(exc), exc.exit_code))
+        return results
+
+
+def _backup_group(
+    deps: VmBackupDeps, names: Sequence[str], options: VmBackupOptions, now: datetime, host: str
+) -> list[VmBackupResult]:
+    hv = deps.hypervisor
+    group_id = secrets.token_hex(4) if len(names) > 1 else None
+    with contextlib.ExitStack() as held:
+        vms = [hv.get_vm(name) for name in names]
+        for vm in vms:
+            held.enter_context(deps.host_locks.hold(vm.uuid, f"a backup of {vm.name!r}"))
+        if len(vms) > 1 and not all(vm.state.is_active for vm in vms):
+            raise UsageError("a consistency group can only hold running VMs")
+        history = _history(deps, vms)
+        prepared = []
+        for vm in vms:
+            _clean_leftovers(deps, vm, history[vm.uuid])
+            prepared.append(_prepare(deps, vm, options, history[vm.uuid], now))
+        with contextlib.ExitStack() as jobs:
+            _start_jobs(deps, prepared, options, jobs)
+            indexes = {p.vm.uuid: _transfer(deps, p) for p in prepared}
+        manifests = [
+            _publish(deps, p, indexes[p.vm.uuid], options, now, host, group_id) for p in prepared
+        ]
+        deps.session.cache.save()
+    return [VmBackupResult(m.vm or "", m) for m in manifests]
+
+
+def _history(deps: VmBackupDeps, vms: Sequence[VmInfo]) -> dict[str, list[BackupManifest]]:
+    """Earlier backups of each VM (by UUID), oldest first. Unreadable manifests are skipped:
+    they cannot serve as parents."""
+    wanted: dict[str, list[BackupManifest]] = {vm.uuid: [] for vm in vms}
+    repo = deps.session.repo
+    for backup_id in repo.list_backup_ids():
+        try:
+            manifest = repo.load_manifest(backup_id)
+        except VmkeepError:
+            continue
+        if manifest.vm_uuid in wanted:
+            wanted[manifest.vm_uuid].append(manifest)
+    return wanted
+
+
+def _clean_leftovers(deps: VmBackupDeps, vm: VmInfo, history: list[BackupManifest]) -> None:
+    """Undo what a killed run left: a running job, its work directory, and vmkeep
+    checkpoints no backup refers to. We hold the VM's host lock, so none of it is live."""
+    hv = deps.hypervisor
+    if vm.state.is_active and hv.abort_backup_job(vm.name):
+        log.warning("ended a backup job of %s left by an interrupted run", vm.name)
+    known = {b.checkpoint for b in history if b.checkpoint}
+    for checkpoint in vm.checkpoints:
+        if checkpoint.name.startswith(CHECKPOINT_PREFIX) and checkpoint.name not in known:
+            log.warning("deleting checkpoint %s of %s: no backup uses it", checkpoint.name, vm.name)
+            hv.delete_checkpoint(vm.name, checkpoint.name)
+    workdir = deps.jobs_dir / vm.uuid
+    if workdir.exists():
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _disks_of(vm: VmInfo) -> tuple[list[DiskFacts], list[str]]:
+    """The disks to back up, and warnings for the ones skipped."""
+    disks, warnings = [], []
+    for disk in vm.disks:
+        if disk.device not in (DiskDevice.DISK, DiskDevice.LUN):
+            continue  # cdroms and floppies are media, not data
+        if disk.source_type not in (SourceType.FILE, SourceType.BLOCK) or disk.source is None:
+            warnings.append(f"{disk.target}: {disk.source_type.value} disks are not backed up")
+            continue
+        if disk.format not in BACKUP_DISK_FORMATS:
+            warnings.append(f"{disk.target}: format {disk.format} is not supported; skipped")
+            continue
+        if disk.virtual_size is None:
+            warnings.append(f"{disk.target}: size unknown ({disk.source} missing?); skipped")
+            continue
+        disks.append(DiskFacts(disk.target, disk.virtual_size, disk.format))
+        if disk.format == "raw":
+            warnings.append(f"{disk.target}: raw disk, always backed up in full (no dirty bitmap)")
+    if not disks:
+        raise UsageError(f"{vm.name!r} has no disk vmkeep can back up")
+    return disks, warnings
+
+
+def _prepare(
+    deps: VmBackupDeps,
+    vm: VmInfo,
+    options: VmBackupOptions,
+    history: list[BackupManifest],
+    now: datetime,
+) -> _Prepared:
+    disks, warnings = _disks_of(vm)
+    cache = deps.session.cache
+
+    def intact(parent: BackupManifest) -> bool:
+        repo = deps.session.repo
+        try:
+            return all(
+                cid in cache
+                for d in parent.disks
+                for cid in repo.load_index(d.index_id).stored_ids()
+            )
+        except VmkeepError:
+            return False
+
+    checkpoints = {c.name for c in vm.checkpoints}
+    plan = plan_backup(
+        want_full=options.full,
+        disks=disks,
+        checkpoints=checkpoints,
+        history=history,
+        parent_intact=intact,
+    )
+    return _Prepared(vm, disks, plan, new_backup_id(now, secrets.token_hex(4)), warnings)
+
+
+def _job_request(deps: VmBackupDeps, item: _Prepared) -> BackupJobRequest:
+    parent = item.plan.parent
+    return BackupJobRequest(
+        vm=item.vm.name,
+        disks=tuple(
+            DiskJob(
+                d.target,
+                incremental=parent is not None and d.tracks_changes,
+                with_checkpoint=d.tracks_changes,
+            )
+            for d in item.disks
+        ),
+        checkpoint=CHECKPOINT_PREFIX + item.backup_id,
+        incremental_from=parent.checkpoint if parent else None,
+        workdir=str(deps.jobs_dir / item.vm.uuid),
+    )
+
+
+def _start_jobs(
+    deps: VmBackupDeps,
+    prepared: list[_Prepared],
+    options: VmBackupOptions,
+    jobs: contextlib.ExitStack,
+) -> None:
+    """Freeze (when asked and possible), start every job, thaw: thawing is guaranteed."""
+    running = [p for p in prepared if p.running]
+    with _frozen(deps, running, options):
+        for item in running:
+            item.export = _start_job(deps, item, jobs)
+
+
+def _start_job(deps: VmBackupDeps, item: _Prepared, jobs: contextlib.ExitStack) -> BackupExport:
+    hv = deps.hypervisor
+    try:
+        return jobs.enter_context(hv.backup_job(_job_request(deps, item)))
+    except HypervisorError as exc:
+        if not item.plan.incremental:
+            raise
+        # Typically a bitmap that is missing or inconsistent (QEMU died uncleanly): the only
+        # fix is a full backup, which also starts a fresh chain.
+        item.plan = ChainPlan(None, f"libvirt refused the incremental ({exc})")
+        log.warning("%s: %s; taking a full backup", item.vm.name, item.plan.reason)
+        return jobs.enter_context(hv.backup_job(_job_request(deps, item)))
+
+
+@contextlib.contextmanager
+def _frozen(deps: VmBackupDeps, items: list[_Prepared], options: VmBackupOptions) -> Iterator[None]:
+    hv = deps.hypervisor
+    frozen: list[_Prepared] = []
+    try:
+        for item in items:
+            wanted = options.quiesce
+            if wanted is None:
+                wanted = item.vm.agent is AgentStatus.RESPONDING
+                if not wanted:
+                    item.warnings.append("no guest agent: crash-consistent backup")
+            if not wanted:
+                continue
+            try:
+                hv.freeze_filesystems(item.vm.name, options.freeze_timeout)
+            except GuestAgentError as exc:
+                item.warnings.append(f"could not quiesce ({exc}): crash-consistent backup")
+                with contextlib.suppress(VmkeepError):
+                    hv.thaw_filesystems(item.vm.name, options.freeze_timeout)
+                continue
+            frozen.append(item)
+        yield
+    finally:
+        for item in frozen:
+            try:
+                hv.thaw_filesystems(item.vm.name, options.freeze_timeout)
+                item.quiesced = True
+            except VmkeepError as exc:
+                item.warnings.append(f"thaw failed: {exc}")
+                log.error("could not thaw %s: %s", item.vm.name, exc)
+
+
+def _transfer(deps: VmBackupDeps, item: _Prepared) -> dict[str, _DiskOutcome]:
+    """Read every disk of ``item`` into the repository; returns the new index per disk."""
+    parent_indexes = {}
+    if item.plan.parent is not None:
+        repo = deps.session.repo
+        parent_indexes = {d.name: repo.load_index(d.index_id) for d in item.plan.parent.disks}
+    results = {}
+    for disk in item.disks:
+        parent = parent_indexes.get(disk.target) if disk.tracks_changes else None
+        with _open_disk(deps, item, disk, parent is not None) as reader:
+            results[disk.target] = _transfer_disk(deps, item, disk, reader, parent)
+    return results
+
+
+@contextlib.contextmanager
+def _open_disk(
+    deps: VmBackupDeps, item: _Prepared, disk: DiskFacts, incremental: bool
+) -> Iterator[ExportReader]:
+    if item.export is not None:
+        with item.export.open_disk(disk.target) as reader:
+            yield reader
+        return
+    source = next(d.source for d in item.vm.disks if d.target == disk.target)
+    bitmap = item.plan.parent.checkpoint if incremental and item.plan.parent else None
+    with deps.session.images.open_reader(
+        Path(source or ""), image_format=disk.image_format, bitmap=bitmap
+    ) as reader:
+        yield reader
+
+
+def _transfer_disk(
+    deps: VmBackupDeps,
+    item: _Prepared,
+    disk: DiskFacts,
+    reader: ExportReader,
+    parent: DiskIndex | None,
+) -> _DiskOutcome:
+    session = deps.session
+    chunk_size = session.repo.chunk_size
+    if reader.size != disk.size:
+        raise HypervisorError(f"{disk.target}: export size {reader.size} != disk size {disk.size}")
+    has_data = data_chunks(reader.extents(), reader.size, chunk_size)
+    dirty = reader.dirty_ranges() if parent is not None else None
+    if parent is None or dirty is None or parent.chunk_size != chunk_size:
+        to_read, base = has_data, None
+        mode = "full"
+    else:
+        touched = chunks_touched(dirty, reader.size, chunk_size)
+        # Dirty and now unallocated (trimmed): zeros, not the parent's stale data.
+        base = [ZERO_CHUNK if touched[n] else cid for n, cid in enumerate(parent.chunk_ids)]
+        to_read = [touched[n] and has_data[n] for n in range(len(touched))]
+        mode = "incremental"
+    label = f"{item.vm.name}:{disk.target}"
+    index, stats = store_disk(
+        session.repo,
+        session.cache,
+        reader,
+        to_read,
+        session.progress,
+        label,
+        workers=session.workers,
+        reused_ids=base,
+    )
+    index_id = session.repo.write_index(index)
+    source = next((d.source for d in item.vm.disks if d.target == disk.target), None)
+    record = DiskBackup(
+        name=disk.target,
+        size=disk.size,
+        chunk_size=chunk_size,
+        index_id=index_id,
+        source=source or "",
+        source_format=disk.image_format or "",
+        read_bytes=stats.read_bytes,
+        new_bytes=stats.new_bytes,
+        stored_bytes=stats.stored_bytes,
+        zero_chunks=stats.zero_chunks,
+        seconds=round(stats.seconds, 3),
+        mode=mode,
+    )
+    return _DiskOutcome(index, record)
+
+
+def _publish(
+    deps: VmBackupDeps,
+    item: _Prepared,
+    outcomes: dict[str, _DiskOutcome],
+    options: VmBackupOptions,
+    now: datetime,
+    host: str,
+    group_id: str | None,
+) -> BackupManifest:
+    """Write the manifest (making the backup visible), then retire older vmkeep checkpoints.
+    If the manifest cannot be written, the new checkpoint goes too."""
+    hv = deps.hypervisor
+    plan = item.plan
+    incremental = any(o.record.mode == "incremental" for o in outcomes.values())
+    manifest = BackupManifest(
+        backup_id=item.backup_id,
+        kind="incremental" if incremental else "full",
+        created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        host=host,
+        vm=item.vm.name,
+        disks=tuple(outcomes[d.target].record for d in item.disks),
+        parent=plan.parent.backup_id if plan.parent and incremental else None,
+        tags=options.tags,
+        config_files={"domain.xml": hv.domain_xml(item.vm.name)},
+        vmkeep_version=__version__,
+        vm_uuid=item.vm.uuid,
+        checkpoint=item.checkpoint,
+        quiesced=item.quiesced,
+        warnings=tuple(item.warnings),
+        reason=None if incremental else plan.reason,
+        group=group_id,
+    )
+    try:
+        deps.session.repo.write_manifest(manifest)
+    except BaseException:
+        if item.running and item.checkpoint:
+            with contextlib.suppress(VmkeepError):
+                hv.delete_checkpoint(item.vm.name, item.checkpoint)
+        raise
+    for checkpoint in item.vm.checkpoints:
+        name = checkpoint.name
+        if name.startswith(CHECKPOINT_PREFIX) and name != item.checkpoint:
+            try:
+                hv.delete_checkpoint(item.vm.name, name)
+            except VmkeepError as exc:
+                log.warning("could not delete old checkpoint %s: %s", name, exc)
+    return manifest
