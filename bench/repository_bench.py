@@ -94,7 +94,15 @@ class Measurement:
     maxrss_mib: float
     user_seconds: float
     system_seconds: float
+    # CPU time the rest of the machine used meanwhile, as a share of all CPUs over the wall
+    # time: other workloads on the host make wall times noisy, so it is recorded per command
+    background_cpu_share: float = 0.0
+    steal_share: float = 0.0
     output: Any = None
+
+    @property
+    def cpu_seconds(self) -> float:
+        return self.user_seconds + self.system_seconds
 
 
 def _children_of(root: int) -> list[int]:
@@ -127,6 +135,17 @@ def _tree_rss(root: int) -> int:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+def _cpu_ticks() -> tuple[int, int]:
+    """(busy, steal) clock ticks of the whole machine so far, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields[:8]
+    return user + nice + system + irq + softirq, steal
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+CPUS = os.cpu_count() or 1
 
 
 class CacheDropper:
@@ -162,6 +181,7 @@ def measure(
     """Run ``argv`` once, timing it and the sync after it, sampling its tree's RSS."""
     drop()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        busy_before, steal_before = _cpu_ticks()
         started = time.monotonic()
         process = subprocess.Popen([str(a) for a in argv], env=env, cwd=cwd, stdout=out, stderr=err)
         peak = 0
@@ -177,6 +197,7 @@ def measure(
         sampler.start()
         _, status, usage = os.wait4(process.pid, 0)
         ended = time.monotonic()
+        busy_after, steal_after = _cpu_ticks()
         stop.set()
         sampler.join()
         process.returncode = os.waitstatus_to_exitcode(status)
@@ -190,6 +211,9 @@ def measure(
             f"{what}: {' '.join(map(str, argv))} exited {process.returncode}\n{stderr[-3000:]}"
         )
     maxrss = usage.ru_maxrss * 1024  # KiB on Linux
+    capacity = (ended - started) * CPUS
+    own = usage.ru_utime + usage.ru_stime
+    background = (busy_after - busy_before) / CLOCK_TICKS - own
     return Measurement(
         what=what,
         seconds=round(synced - started, 3),
@@ -200,6 +224,8 @@ def measure(
         maxrss_mib=round(maxrss / MIB, 1),
         user_seconds=round(usage.ru_utime, 2),
         system_seconds=round(usage.ru_stime, 2),
+        background_cpu_share=round(max(0.0, background) / capacity, 3),
+        steal_share=round((steal_after - steal_before) / CLOCK_TICKS / capacity, 3),
         output=parse(stdout) if parse else None,
     )
 
@@ -511,14 +537,22 @@ def summarise(name: str, reps: list[ToolResult]) -> dict[str, Any]:
     return {
         "name": name,
         "first_s": med(lambda r: r.first.seconds),
+        "first_cpu_s": med(lambda r: r.first.cpu_seconds),
         "second_s": med(lambda r: r.second.seconds),
         "reread_s": med(lambda r: r.reread.seconds if r.reread else r.second.seconds),
         "restore_s": med(lambda r: r.restore.seconds),
+        "restore_cpu_s": med(lambda r: r.restore.cpu_seconds),
         "stored_mib": med(lambda r: r.stored_bytes / MIB),
         "peak_rss_mib": max(
             m.peak_rss_mib
             for r in reps
             for m in (r.first, r.second, r.restore, r.reread, r.changed)
+            if m is not None
+        ),
+        "background_max": max(
+            m.background_cpu_share
+            for r in reps
+            for m in (r.first, r.second, r.restore, r.reread)
             if m is not None
         ),
         "changed_s": med(lambda r: r.changed.seconds if r.changed else None),
@@ -541,12 +575,15 @@ def results_table(rows: list[dict[str, Any]], disk: TestDisk) -> Table:
     table = Table(
         title=f"test disk: {virtual / 1024:.0f} GiB virtual, qcow2 file {file_size:.0f} MiB, "
         f"{disk.data_bytes / MIB:.0f} MiB of files",
-        caption="s = wall seconds incl. the sync after the command; MiB/s of the first backup "
-        "over the virtual size / over the qcow2 file size",
+        caption="s = wall seconds incl. the sync after the command (median of the repetitions); "
+        "CPU s = user + system of the process tree; MiB/s of the first backup over the virtual "
+        "size / over the qcow2 file size; other load = the highest share of the machine's CPU "
+        "that other processes used during one of the row's commands (noise)",
     )
     for header in (
         "tool / chunk",
         "1st backup s",
+        "1st CPU s",
         "MiB/s virt / file",
         "2nd backup s",
         "2nd re-read s",
@@ -554,6 +591,7 @@ def results_table(rows: list[dict[str, Any]], disk: TestDisk) -> Table:
         "stored MiB",
         "peak RSS MiB",
         f"after {CHANGED_WRITES}x4K: new / stored MiB",
+        "other load",
     ):
         table.add_column(header, justify="left" if header.startswith("tool") else "right")
     for row in rows:
@@ -566,6 +604,7 @@ def results_table(rows: list[dict[str, Any]], disk: TestDisk) -> Table:
         table.add_row(
             row["name"],
             _fmt(first),
+            _fmt(row["first_cpu_s"]),
             f"{virtual / first:.0f} / {file_size / first:.0f}",
             _fmt(row["second_s"]),
             _fmt(row["reread_s"]),
@@ -573,6 +612,7 @@ def results_table(rows: list[dict[str, Any]], disk: TestDisk) -> Table:
             _fmt(row["stored_mib"], 0),
             _fmt(row["peak_rss_mib"], 0),
             changed,
+            f"{row['background_max'] * 100:.0f}%",
         )
     return table
 
@@ -584,6 +624,7 @@ def ratios(rows: list[dict[str, Any]]) -> tuple[Table | None, list[dict[str, Any
         return None, []
     columns = [
         ("1st", "first_s"),
+        ("1st CPU", "first_cpu_s"),
         ("2nd", "second_s"),
         ("2nd re-read", "reread_s"),
         ("restore", "restore_s"),
