@@ -96,6 +96,14 @@ class Hypervisor(Protocol):
         """End a backup job left running by a killed process; True if there was one."""
         ...
 
+    def define_restored_vm(
+        self, xml: str, new_name: str, disks: dict[str, tuple[str, str]], files_dir: str
+    ) -> None:
+        """Define a copy of the VM described by ``xml`` (a backed-up definition) named
+        ``new_name``, with fresh UUID and MACs and its disks ``{target: (path, format)}``.
+        Raises AlreadyExistsError if the name is taken."""
+        ...
+
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:
         """Delete a checkpoint (its changes merge into its parent's bitmap). Idempotent."""
         ...

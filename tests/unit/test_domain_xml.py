@@ -140,3 +140,32 @@ def test_rendered_lab_domain_parses_back_with_awkward_name() -> None:
         ("vda", "/lab/my vm/vda.qcow2", "qcow2"),
         ("vdb", "/lab/vdb.raw", "raw"),
     ]
+
+
+def test_rewrite_for_restore() -> None:
+    xml = (
+        load("running_backing_chain.xml")
+        .replace(
+            "</devices>",
+            "<interface type='network'><mac address='52:54:00:12:34:56'/><source network='default'/>"
+            "</interface><serial type='file'><source path='/old/dir/console.log'/></serial>"
+            "</devices>",
+        )
+        .replace(
+            "<metadata>",
+            f"<metadata><vmkeep:lab xmlns:vmkeep='{domain_xml.LAB_XMLNS}' dir='/var/lib/vmkeep/lab/web01'/>",
+        )
+    )
+    out = domain_xml.rewrite_for_restore(
+        xml, "web01 restored", {"vda": ("/restore/vda.raw", "raw")}, "/restore"
+    )
+    parsed = domain_xml.parse_domain(out)
+    assert parsed.name == "web01 restored"
+    assert parsed.uuid == ""
+    assert parsed.lab_dir is None
+    vda = next(d for d in parsed.disks if d.target == "vda")
+    assert (vda.source, vda.format, vda.backing_chain) == ("/restore/vda.raw", "raw", ())
+    assert any(d.device is DiskDevice.CDROM for d in parsed.disks)  # media stay
+    assert "52:54:00:12:34:56" not in out
+    assert '<source network="default"' in out
+    assert "/restore/console.log" in out

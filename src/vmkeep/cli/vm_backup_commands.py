@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -24,6 +25,7 @@ from vmkeep.cli.repo_options import (
 from vmkeep.cli.state import settings_for
 from vmkeep.domain.units import format_size
 from vmkeep.engine.vm_backup import VmBackupOptions, VmBackupResult, backup_vms
+from vmkeep.engine.vm_restore import VmRestoreRequest, restore_vm
 from vmkeep.services.context import open_services
 from vmkeep.services.repository import RepoAccess, repo_session, vm_backup_deps
 
@@ -125,3 +127,60 @@ def _render(result: VmBackupResult) -> None:
     stdout.print(table)
     for warning in manifest.warnings:
         stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def restore_command(
+    ctx: typer.Context,
+    backup_id: Annotated[str, typer.Argument(help="The backup to restore (see `vmkeep list`).")],
+    to: Annotated[
+        Path | None, typer.Option("--to", help="Directory for the restored disks and domain.xml.")
+    ] = None,
+    as_vm: Annotated[
+        str | None, typer.Option("--as", help="Define a new VM of this name from the backup.")
+    ] = None,
+    disk: Annotated[
+        list[str] | None, typer.Option(help="Restore only this disk (vda, ...); repeatable.")
+    ] = None,
+    image_format: Annotated[
+        str, typer.Option("--format", help="qcow2, raw, vmdk or vhdx.")
+    ] = "qcow2",
+    start: Annotated[bool, typer.Option(help="Start the new VM (with --as).")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Overwrite existing files, or a shut-off VM of that name.")
+    ] = False,
+    repo: RepoOption = None,
+    password_file: PasswordFileOption = None,
+    s3_endpoint: S3EndpointOption = None,
+    workers: WorkersOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Restore a backup: its disks to a directory (--to), or as a new VM (--as)."""
+    if to is None and as_vm is None:
+        raise typer.BadParameter("give --to DIR, --as NEWVM, or both", param_hint="--to/--as")
+    settings = settings_for(ctx, repo, s3_endpoint)
+    target = to if to is not None else settings.data_dir / "restored" / str(as_vm)
+    request = VmRestoreRequest(
+        backup_id=backup_id,
+        target_dir=target.absolute(),
+        new_name=as_vm,
+        disks=tuple(disk or ()),
+        image_format=image_format,
+        start=start,
+        force=force,
+    )
+    progress = TerminalProgress(quiet=as_json)
+    with (
+        open_services(settings) as services,
+        repo_session(
+            settings, RepoAccess(password_file=password_file), os.environ, progress, workers
+        ) as session,
+    ):
+        result = restore_vm(session, services.hypervisor(), request)
+    if as_json:
+        print_json(result)
+        return
+    for restored in result.disks:
+        stdout.print(f"restored {restored.name} to {escape(restored.path)}")
+    if result.vm:
+        state = "started" if result.started else "defined (not started)"
+        stdout.print(f"VM {escape(result.vm)} {state}")

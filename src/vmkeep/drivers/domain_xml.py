@@ -232,3 +232,64 @@ def render_domain(spec: VmSpec) -> str:
         ET.SubElement(serial, "target", port="0")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
+
+
+def rewrite_for_restore(
+    xml: str, new_name: str, disks: dict[str, tuple[str, str]], files_dir: str
+) -> str:
+    """A definition for a copy of the VM in ``xml``: named ``new_name``, with no UUID and no
+    MAC addresses (libvirt makes fresh ones, so the copy can run beside the original), its
+    disks ``{target: (path, format)}`` pointing at the restored images (disks not listed are
+    dropped, cdroms kept), file-backed serial logs moved to ``files_dir``, and no vmkeep lab
+    metadata (the copy is not a lab VM: ``lab destroy`` must not touch the original's files).
+    """
+    root = _parse(xml, "domain")
+    name = root.find("name")
+    if name is None:
+        name = ET.SubElement(root, "name")
+    name.text = new_name
+    for tag in ("uuid", "id"):
+        for element in root.findall(tag):
+            root.remove(element)
+    metadata = root.find("metadata")
+    if metadata is not None:
+        for lab in metadata.findall(f"{{{LAB_XMLNS}}}lab"):
+            metadata.remove(lab)
+    devices = root.find("devices")
+    if devices is None:
+        return ET.tostring(root, encoding="unicode")
+    for mac in devices.findall("interface/mac"):
+        for interface in devices.iterfind("interface"):
+            if mac in list(interface):
+                interface.remove(mac)
+    for disk in list(devices.iterfind("disk")):
+        if disk.get("device", "disk") not in ("disk", "lun"):
+            continue
+        target = disk.find("target")
+        dev = target.get("dev", "") if target is not None else ""
+        if dev not in disks:
+            devices.remove(disk)
+            continue
+        path, image_format = disks[dev]
+        _point_disk_at(disk, path, image_format)
+    for kind in ("serial", "console"):
+        for device in devices.iterfind(kind):
+            source = device.find("source")
+            if device.get("type") == "file" and source is not None and source.get("path"):
+                base = source.get("path", "").rsplit("/", 1)[-1]
+                source.set("path", f"{files_dir}/{base}")
+    return ET.tostring(root, encoding="unicode")
+
+
+def _point_disk_at(disk: ET.Element, path: str, image_format: str) -> None:
+    for child in list(disk):
+        if child.tag in ("source", "backingStore", "auth", "encryption"):
+            disk.remove(child)
+    disk.set("type", "file")
+    driver = disk.find("driver")
+    if driver is None:
+        driver = ET.Element("driver", name="qemu")
+        disk.insert(0, driver)
+    driver.set("type", image_format)
+    source = ET.Element("source", file=path)
+    disk.insert(list(disk).index(driver) + 1, source)

@@ -327,6 +327,14 @@ class LibvirtHypervisor:
         libvirt_backup.end_job(dom)
         return True
 
+    def define_restored_vm(
+        self, xml: str, new_name: str, disks: dict[str, tuple[str, str]], files_dir: str
+    ) -> None:
+        if self._exists(new_name):
+            raise AlreadyExistsError(f"a VM named {new_name!r} already exists")
+        with _translated(f"defining {new_name!r}"):
+            self._conn.defineXML(domain_xml.rewrite_for_restore(xml, new_name, disks, files_dir))
+
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:
         libvirt_backup.delete_checkpoint(self._lookup(name), checkpoint)
 
