@@ -75,7 +75,11 @@ def guest_boot(lab_root: Path) -> GuestBoot:
 def cli_env(workdir: Path, lab_root: Path) -> dict[str, str]:
     """Environment for running the vmkeep CLI against the session's lab directory."""
     config = workdir / "config.toml"
-    config.write_text(f'connect = "{SYSTEM_URI}"\n[lab]\ndir = "{lab_root}"\n')
+    state = workdir / "state"
+    state.mkdir(mode=0o755, exist_ok=True)
+    config.write_text(
+        f'connect = "{SYSTEM_URI}"\nstate_dir = "{state}"\n[lab]\ndir = "{lab_root}"\n'
+    )
     env = dict(os.environ)
     env.pop("VMKEEP_CONNECT", None)
     env["VMKEEP_CONFIG"] = str(config)

@@ -147,13 +147,14 @@ def test_rewrite_for_restore() -> None:
         load("running_backing_chain.xml")
         .replace(
             "</devices>",
-            "<interface type='network'><mac address='52:54:00:12:34:56'/><source network='default'/>"
-            "</interface><serial type='file'><source path='/old/dir/console.log'/></serial>"
+            "<interface type='network'><mac address='52:54:00:12:34:56'/>"
+            "<source network='default'/></interface><serial type='file'><source path='/old/dir/console.log'/></serial>"
             "</devices>",
         )
         .replace(
             "<metadata>",
-            f"<metadata><vmkeep:lab xmlns:vmkeep='{domain_xml.LAB_XMLNS}' dir='/var/lib/vmkeep/lab/web01'/>",
+            f"<metadata><vmkeep:lab xmlns:vmkeep='{domain_xml.LAB_XMLNS}' "
+            "dir='/var/lib/vmkeep/lab/web01'/>",
         )
     )
     out = domain_xml.rewrite_for_restore(

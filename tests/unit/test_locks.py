@@ -54,6 +54,8 @@ def test_lock_of_dead_process_on_this_host_is_stale() -> None:
     RepositoryLock(store, env(clock, pid=1), True, "killed -9").acquire()  # never released
     with locked(store, env(clock, pid=2, dead=frozenset({1})), exclusive=True, purpose="next"):
         pass
+    assert read_locks(store) == []  # the dead process's lock was tidied away
+    RepositoryLock(store, env(clock, host="h2", pid=1), True, "other host").acquire()
     # On another host the pid means nothing: it blocks until it expires.
     with pytest.raises(LockedError):
         RepositoryLock(store, env(clock, host="h2", pid=2), True, "x").acquire()

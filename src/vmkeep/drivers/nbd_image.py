@@ -74,9 +74,17 @@ def serve_image(
     pool: NbdPool | None = None
     try:
         _wait_for_socket(process, socket_path)
-        pool = connect_pool(
-            socket_path, connections, contexts=contexts, server_alive=lambda: process.poll() is None
-        )
+        try:
+            pool = connect_pool(
+                socket_path,
+                connections,
+                contexts=contexts,
+                server_alive=lambda: process.poll() is None,
+            )
+        except ToolError:
+            if process.poll() is not None:
+                raise ToolError(f"qemu-nbd failed: {_last_error(process)}") from None
+            raise
         yield pool
         pool.close(flush=writable)
         pool = None
@@ -89,13 +97,17 @@ def serve_image(
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+def _last_error(process: subprocess.Popen[bytes]) -> str:
+    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    lines = stderr.strip().splitlines()
+    return lines[-1] if lines else f"exit code {process.returncode}"
+
+
 def _wait_for_socket(process: subprocess.Popen[bytes], socket_path: Path) -> None:
     deadline = time.monotonic() + CONNECT_TIMEOUT
     while not socket_path.exists():
         if process.poll() is not None:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
-            last = stderr.strip().splitlines()[-1:] or ["no output"]
-            raise ToolError(f"qemu-nbd failed: {last[0]}")
+            raise ToolError(f"qemu-nbd failed: {_last_error(process)}")
         if time.monotonic() > deadline:
             raise ToolError("qemu-nbd did not start within 30 s")
         time.sleep(0.01)

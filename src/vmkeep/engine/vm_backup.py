@@ -33,6 +33,7 @@ from vmkeep.domain.chain import ChainPlan, DiskFacts, plan_backup
 from vmkeep.domain.errors import (
     GuestAgentError,
     HypervisorError,
+    ToolError,
     UsageError,
     VmkeepError,
 )
@@ -154,7 +155,7 @@ def _backup_group(
             prepared.append(_prepare(deps, vm, options, history[vm.uuid], now))
         with contextlib.ExitStack() as jobs:
             _start_jobs(deps, prepared, options, jobs)
-            indexes = {p.vm.uuid: _transfer(deps, p) for p in prepared}
+            indexes = {p.vm.uuid: _transfer_or_fall_back(deps, p) for p in prepared}
         manifests = [
             _publish(deps, p, indexes[p.vm.uuid], options, now, host, group_id) for p in prepared
         ]
@@ -323,6 +324,20 @@ def _frozen(deps: VmBackupDeps, items: list[_Prepared], options: VmBackupOptions
             except VmkeepError as exc:
                 item.warnings.append(f"thaw failed: {exc}")
                 log.error("could not thaw %s: %s", item.vm.name, exc)
+
+
+def _transfer_or_fall_back(deps: VmBackupDeps, item: _Prepared) -> dict[str, _DiskOutcome]:
+    """Transfer; for a shut-off VM whose bitmap cannot be used (QEMU died uncleanly and left
+    it inconsistent), start over as a full backup. Chunks already stored are not re-sent."""
+    try:
+        return _transfer(deps, item)
+    except ToolError as exc:
+        if item.running or item.plan.parent is None:
+            raise
+        checkpoint = item.plan.parent.checkpoint
+        item.plan = ChainPlan(None, f"the bitmap of checkpoint {checkpoint} is unusable ({exc})")
+        log.warning("%s: %s; taking a full backup", item.vm.name, item.plan.reason)
+        return _transfer(deps, item)
 
 
 def _transfer(deps: VmBackupDeps, item: _Prepared) -> dict[str, _DiskOutcome]:

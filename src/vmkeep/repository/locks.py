@@ -120,7 +120,12 @@ class RepositoryLock:
         )
         self._write(self._record)
         for other in read_locks(self._store):
-            if other.lock_id == self._record.lock_id or is_stale(other, self._env):
+            if other.lock_id == self._record.lock_id:
+                continue
+            if is_stale(other, self._env):
+                if other.host == self._env.host and not self._env.alive(other.pid):
+                    # Certainly dead (a kill -9 on this host): tidy it away.
+                    self._store.delete(LOCK_PREFIX + other.lock_id)
                 continue
             if self._exclusive or other.exclusive:
                 self._delete(self._record)

@@ -7,6 +7,7 @@ fine (defaults apply); a file given explicitly must exist.
 
     connect = "qemu:///system"                 # libvirt URI
     repository = "/var/lib/vmkeep/repository"  # or "s3://bucket/prefix"
+    state_dir = "/var/lib/vmkeep"              # backup jobs' scratch files, host locks
 
     [s3]
     endpoint = "https://s3.example.com"        # S3-compatible endpoint (omit for AWS)
@@ -126,6 +127,7 @@ def resolve_settings(
         or _string(s3_section, "endpoint", f"{path} [s3]")
     )
     cache_dir = _string(cache_section, "dir", f"{path} [cache]")
+    state_dir = _string(config, "state_dir", str(path))
     return Settings(
         uri=uri or DEFAULT_URI,
         lab_dir=Path(lab_dir) if lab_dir else default_data_dir(env, is_root) / "lab",
@@ -133,5 +135,5 @@ def resolve_settings(
         repository=repository or str(default_data_dir(env, is_root) / "repository"),
         s3_endpoint=endpoint or None,
         cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(env, is_root),
-        data_dir=default_data_dir(env, is_root),
+        data_dir=Path(state_dir) if state_dir else default_data_dir(env, is_root),
     )

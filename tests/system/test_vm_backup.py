@@ -1,0 +1,335 @@
+"""Backups of a running lab VM through the real CLI, libvirt and QEMU: full, incremental,
+TRIM, restore bit-exact, restore as a new VM that boots, and the faults of the issue table.
+Tests run in file order and share one lab VM and one repository."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import TEST_PREFIX, VMKEEP, run_vmkeep, virsh
+
+pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
+
+VM = f'{TEST_PREFIX} backup "q" ü'
+COPY = f"{TEST_PREFIX}-restored-copy"
+MiB = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def env(cli_env: dict[str, str], workdir: Path) -> dict[str, str]:
+    password = workdir / "backup-password"
+    password.write_text("backup tests\n")
+    password.chmod(0o600)
+    environment = {
+        **cli_env,
+        "VMKEEP_PASSWORD_FILE": str(password),
+        "VMKEEP_REPO": str(workdir / "vm-repo"),
+        "XDG_CACHE_HOME": str(workdir / "cache"),
+    }
+    run_vmkeep(environment, "repo", "init")
+    return environment
+
+
+@pytest.fixture(scope="module")
+def vm(env: dict[str, str], workdir: Path) -> Iterator[dict[str, Any]]:
+    fill = workdir / "backup-fill"
+    fill.mkdir()
+    (fill / "file.txt").write_text("some file content\n" * 1000)
+    created = run_vmkeep(
+        env,
+        "lab",
+        "create",
+        VM,
+        "--disks",
+        "2",
+        "--disk-size",
+        "64M",
+        "--fill",
+        str(fill),
+        "--json",
+    )
+    yield json.loads(created.stdout)["vm"]
+    run_vmkeep(env, "lab", "destroy", VM, check=False)
+
+
+def guest(env: dict[str, str], script: str, timeout: float = 300) -> str:
+    return run_vmkeep(
+        env, "lab", "exec", VM, "--timeout", str(timeout), "--", "sh", "-c", script
+    ).stdout
+
+
+def backup(env: dict[str, str], *extra: str) -> dict[str, Any]:
+    (result,) = json.loads(run_vmkeep(env, "backup", VM, "--json", *extra).stdout)
+    return result  # type: ignore[no-any-return]
+
+
+def vmkeep_checkpoints() -> list[str]:
+    names = virsh("checkpoint-list", VM, "--name").stdout.split()
+    return [n for n in names if n.startswith("vmkeep-")]
+
+
+def job_dir(env: dict[str, str]) -> Path:
+    """Where this VM's backup jobs keep their socket and scratch files."""
+    config = Path(env["VMKEEP_CONFIG"]).read_text()
+    state = next(line.split('"')[1] for line in config.splitlines() if line.startswith("state_dir"))
+    return Path(state) / "jobs" / virsh("domuuid", VM).stdout.strip()
+
+
+def assert_no_leftovers(env: dict[str, str]) -> None:
+    """No backup job, no scratch or socket files, no repository lock."""
+    assert job_type() == "None"
+    assert not job_dir(env).exists()
+    assert not any((Path(env["VMKEEP_REPO"]) / "locks").iterdir())
+
+
+def job_type() -> str:
+    out = virsh("domjobinfo", VM, check=False)
+    if out.returncode != 0:
+        return "no domain"
+    return out.stdout.split()[2]
+
+
+def live_copy(vm: dict[str, Any], target: str, dest: Path) -> Path:
+    """The disk as the guest sees it now (the guest is idle between tests)."""
+    source = next(d["source"] for d in vm["disks"] if d["target"] == target)
+    disk = virsh("domblklist", VM).stdout
+    current = next(
+        line.split(None, 1)[1].strip()
+        for line in disk.splitlines()
+        if line.strip().startswith(target)
+    )
+    subprocess.run(
+        ["qemu-img", "convert", "-U", "-O", "raw", current or source, str(dest)], check=True
+    )
+    return dest
+
+
+def compare(a: Path, b: Path) -> None:
+    done = subprocess.run(
+        ["qemu-img", "compare", "-U", str(a), str(b)], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_first_backup_is_full_and_quiesced(env: dict[str, str], vm: dict[str, Any]) -> None:
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=6 seek=8 conv=fsync 2>/dev/null")
+    result = backup(env)
+    assert result["kind"] == "full"
+    assert result["reason"] == "first backup of this VM"
+    assert result["quiesced"] is True
+    assert vmkeep_checkpoints() == [result["checkpoint"]]
+    vdb = next(d for d in result["disks"] if d["name"] == "vdb")
+    assert vdb["read_bytes"] == 6 * MiB  # only allocated data
+    assert_no_leftovers(env)
+
+
+def test_incremental_reads_only_changes_and_restores_bit_exact(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    # Change 2 MiB, and discard (TRIM) 2 MiB that the full backup held.
+    guest(
+        env,
+        "dd if=/dev/urandom of=/dev/vdb bs=1M count=2 seek=30 conv=fsync 2>/dev/null;"
+        "blkdiscard -o $((8*1024*1024)) -l $((2*1024*1024)) /dev/vdb; sync",
+    )
+    result = backup(env)
+    assert result["kind"] == "incremental", result
+    vdb = next(d for d in result["disks"] if d["name"] == "vdb")
+    assert vdb["mode"] == "incremental"
+    assert vdb["read_bytes"] <= 3 * MiB  # the 2 MiB written (+ alignment), not the disk
+    assert len(vmkeep_checkpoints()) == 1  # the old checkpoint was retired
+    restored = workdir / "restored-incremental"
+    run_vmkeep(env, "restore", result["backup_id"], "--to", str(restored), "--format", "raw")
+    for target in ("vda", "vdb"):
+        compare(live_copy(vm, target, workdir / f"live-{target}.raw"), restored / f"{target}.raw")
+    # The trimmed range reads as zeros again, not as the full backup's old data.
+    with (restored / "vdb.raw").open("rb") as handle:
+        handle.seek(8 * MiB)
+        assert handle.read(2 * MiB) == bytes(2 * MiB)
+    assert (restored / "domain.xml").read_text().count("<domain") == 1
+
+
+def test_restore_as_new_vm_boots_with_the_data(env: dict[str, str], vm: dict[str, Any]) -> None:
+    listing = json.loads(run_vmkeep(env, "list", "--json").stdout)["backups"]
+    latest = listing[-1]["backup_id"]
+    try:
+        run_vmkeep(env, "restore", latest, "--as", COPY, "--start")
+        deadline = time.monotonic() + 180
+        while virsh("qemu-agent-command", COPY, '{"execute":"guest-ping"}', check=False).returncode:
+            assert time.monotonic() < deadline, "the restored VM did not boot"
+            time.sleep(1)
+        original = guest(env, "md5sum /dev/vdb")
+        exec_out = virsh(
+            "qemu-agent-command",
+            COPY,
+            '{"execute":"guest-exec","arguments":{"path":"md5sum","arg":["/dev/vdb"],"capture-output":true}}',
+        ).stdout
+        pid = json.loads(exec_out)["return"]["pid"]
+        while True:
+            status = json.loads(
+                virsh(
+                    "qemu-agent-command",
+                    COPY,
+                    json.dumps({"execute": "guest-exec-status", "arguments": {"pid": pid}}),
+                ).stdout
+            )["return"]
+            if status["exited"]:
+                break
+            time.sleep(0.2)
+        import base64
+
+        assert base64.b64decode(status["out-data"]).split()[0] == original.split()[0].encode()
+        copy_uuid = virsh("domuuid", COPY).stdout.strip()
+        assert copy_uuid != vm["uuid"]
+        again = run_vmkeep(env, "restore", latest, "--as", COPY, check=False)
+        assert again.returncode == 4  # never over an existing VM without --force
+    finally:
+        virsh("destroy", COPY, check=False)
+        virsh("undefine", COPY, check=False)
+
+
+def _slow_backup(env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [*VMKEEP, "backup", VM, "--full", "--limit-upload", "2M"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+
+
+def _wait_for_job() -> None:
+    deadline = time.monotonic() + 60
+    while job_type() == "None":
+        assert time.monotonic() < deadline, "the backup job never started"
+        time.sleep(0.1)
+
+
+def test_second_backup_is_refused_and_sigkill_is_cleaned_up(
+    env: dict[str, str], vm: dict[str, Any]
+) -> None:
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=24 seek=32 conv=fsync 2>/dev/null")
+    first = _slow_backup(env)
+    try:
+        _wait_for_job()
+        second = run_vmkeep(env, "backup", VM, check=False)
+        assert second.returncode == 15, second.stderr
+        assert "already running" in second.stderr
+    finally:
+        import os
+
+        os.killpg(first.pid, signal.SIGKILL)
+        first.wait()
+    # The killed run left its job, scratch files and an orphan checkpoint behind...
+    assert job_type() != "None"
+    assert job_dir(env).exists()
+    # ...and the next run cleans all of it up, then succeeds.
+    result = backup(env)
+    assert result["kind"] == "incremental"
+    assert vmkeep_checkpoints() == [result["checkpoint"]]
+    assert_no_leftovers(env)
+    assert json.loads(run_vmkeep(env, "repo", "check", "--json").stdout)["ok"]
+
+
+def test_resized_disk_forces_a_full_backup(env: dict[str, str], vm: dict[str, Any]) -> None:
+    virsh("blockresize", VM, "vdb", "80M")
+    result = backup(env)
+    assert result["kind"] == "full"
+    assert "vdb resized from 64.0 MiB to 80.0 MiB" in result["reason"]
+    assert next(d for d in result["disks"] if d["name"] == "vdb")["size"] == 80 * MiB
+
+
+def test_removed_bitmap_forces_a_full_backup(env: dict[str, str], vm: dict[str, Any]) -> None:
+    (checkpoint,) = vmkeep_checkpoints()
+    nodes = json.loads(
+        virsh("qemu-monitor-command", VM, '{"execute":"query-named-block-nodes"}').stdout
+    )
+    for node in nodes["return"]:
+        if any(b.get("name") == checkpoint for b in node.get("dirty-bitmaps", [])):
+            virsh(
+                "qemu-monitor-command",
+                VM,
+                json.dumps(
+                    {
+                        "execute": "block-dirty-bitmap-remove",
+                        "arguments": {"node": node["node-name"], "name": checkpoint},
+                    }
+                ),
+            )
+    result = backup(env)
+    assert result["kind"] == "full"
+    assert "libvirt refused the incremental" in result["reason"]
+    assert_no_leftovers(env)
+    assert backup(env)["kind"] == "incremental"  # and the chain goes on from the new full
+
+
+def test_vm_destroyed_mid_backup_leaves_nothing(env: dict[str, str], vm: dict[str, Any]) -> None:
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=24 seek=32 conv=fsync 2>/dev/null")
+    before = json.loads(run_vmkeep(env, "list", "--json").stdout)["backups"]
+    slow = _slow_backup(env)
+    _wait_for_job()
+    virsh("destroy", VM)
+    slow.wait(timeout=120)
+    assert slow.returncode != 0
+    assert json.loads(run_vmkeep(env, "list", "--json").stdout)["backups"] == before
+    assert not job_dir(env).exists()
+    # A shut-off VM is backed up from its images, incrementally from the last checkpoint's
+    # bitmap (QEMU saved it when it was terminated), and the new data is in the backup.
+    offline = backup(env)
+    assert offline["kind"] == "incremental", offline
+    vdb = next(d for d in offline["disks"] if d["name"] == "vdb")
+    assert 24 * MiB <= vdb["read_bytes"] <= 26 * MiB
+    assert "no guest agent: crash-consistent backup" not in offline["warnings"]
+    run_vmkeep(env, "lab", "create", VM, "--reuse")
+    assert backup(env)["kind"] == "incremental"
+
+
+def test_consistency_while_the_guest_writes(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    """The guest writes numbered 4 KiB blocks in order; the backup must hold a gap-free prefix."""
+    guest(env, "dd if=/dev/zero of=/dev/vdb bs=1M count=16 conv=fsync 2>/dev/null")
+    run_vmkeep(
+        env,
+        "lab",
+        "exec",
+        VM,
+        "--",
+        "sh",
+        "-c",
+        "(i=0; while [ $i -lt 4000 ]; do printf '%08d' $i | dd of=/dev/vdb bs=4096 seek=$i "
+        "conv=notrunc,fsync 2>/dev/null; i=$((i+1)); done) >/dev/null 2>&1 & echo $! > /tmp/writer",
+    )
+    time.sleep(3)
+    result = backup(env)
+    restored = workdir / "restored-consistency"
+    run_vmkeep(
+        env,
+        "restore",
+        result["backup_id"],
+        "--to",
+        str(restored),
+        "--format",
+        "raw",
+        "--disk",
+        "vdb",
+    )
+    data = (restored / "vdb.raw").read_bytes()[: 4000 * 4096]
+    written = 0
+    for number in range(4000):
+        block = data[number * 4096 : (number + 1) * 4096]
+        if block == bytes(4096):
+            break
+        assert block[:8] == f"{number:08d}".encode(), f"block {number} is torn or out of order"
+        written += 1
+    assert written > 0
+    assert data[written * 4096 :] == bytes(len(data) - written * 4096), "a gap in the sequence"
+    guest(env, "kill $(cat /tmp/writer) 2>/dev/null; true")
