@@ -148,7 +148,8 @@ def test_rewrite_for_restore() -> None:
         .replace(
             "</devices>",
             "<interface type='network'><mac address='52:54:00:12:34:56'/>"
-            "<source network='default'/></interface><serial type='file'><source path='/old/dir/console.log'/></serial>"
+            "<source network='default'/></interface>"
+            "<serial type='file'><source path='/old/dir/console.log'/></serial>"
             "</devices>",
         )
         .replace(
