@@ -98,6 +98,8 @@ class Measurement:
     # time: other workloads on the host make wall times noisy, so it is recorded per command
     background_cpu_share: float = 0.0
     steal_share: float = 0.0
+    settle_seconds: float = 0.0  # waited for a quiet machine before starting
+    settle_share: float = 0.0  # the machine's CPU share busy just before starting
     output: Any = None
 
     @property
@@ -146,14 +148,17 @@ def _cpu_ticks() -> tuple[int, int]:
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 CPUS = os.cpu_count() or 1
+SETTLE_WINDOW = 1.0
 
 
-class CacheDropper:
-    """Drops the page cache before each measured command, if this process may."""
+class Preparation:
+    """Before each measured command: drop the page cache (if this process may), then wait
+    until the rest of the machine is quiet, so that runs are comparable."""
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.works = enabled and self._drop()
+    def __init__(self, drop_caches: bool, quiet_share: float, settle_timeout: float) -> None:
+        self.quiet_share = quiet_share
+        self.settle_timeout = settle_timeout
+        self.drops = drop_caches and self._drop()
 
     @staticmethod
     def _drop() -> bool:
@@ -164,9 +169,20 @@ class CacheDropper:
             return False
         return True
 
-    def __call__(self) -> None:
-        if self.works:
+    def __call__(self) -> tuple[float, float]:
+        """Drop and settle; returns (seconds waited, CPU share of the last quiet check)."""
+        if self.drops:
             self._drop()
+        started = time.monotonic()
+        share = 0.0
+        while self.settle_timeout > 0:
+            busy_before, _ = _cpu_ticks()
+            time.sleep(SETTLE_WINDOW)
+            busy_after, _ = _cpu_ticks()
+            share = (busy_after - busy_before) / CLOCK_TICKS / (SETTLE_WINDOW * CPUS)
+            if share <= self.quiet_share or time.monotonic() - started > self.settle_timeout:
+                break
+        return round(time.monotonic() - started, 1), round(share, 3)
 
 
 def measure(
@@ -175,11 +191,11 @@ def measure(
     *,
     env: dict[str, str],
     cwd: Path | None = None,
-    drop: CacheDropper,
+    prep: Preparation,
     parse: Callable[[str], Any] | None = None,
 ) -> Measurement:
     """Run ``argv`` once, timing it and the sync after it, sampling its tree's RSS."""
-    drop()
+    settle_seconds, settle_share = prep()
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         busy_before, steal_before = _cpu_ticks()
         started = time.monotonic()
@@ -226,6 +242,8 @@ def measure(
         system_seconds=round(usage.ru_stime, 2),
         background_cpu_share=round(max(0.0, background) / capacity, 3),
         steal_share=round((steal_after - steal_before) / CLOCK_TICKS / capacity, 3),
+        settle_seconds=settle_seconds,
+        settle_share=settle_share,
         output=parse(stdout) if parse else None,
     )
 
@@ -283,7 +301,7 @@ class Context:
     disk: TestDisk
     work: Path
     password_file: Path
-    drop: CacheDropper
+    prep: Preparation
     overlay: Path | None
 
 
@@ -311,7 +329,7 @@ def bench_vmkeep(ctx: Context, chunk_size: str, rep: int) -> ToolResult:
             what,
             [VMKEEP, "backup-image", source, "-r", repo, "--name", "disk", "--json"],
             env=env,
-            drop=ctx.drop,
+            prep=ctx.prep,
             parse=json.loads,
         )
         disk = m.output["disks"][0]
@@ -329,7 +347,7 @@ def bench_vmkeep(ctx: Context, chunk_size: str, rep: int) -> ToolResult:
         "restore",
         [VMKEEP, "restore-image", first.output["backup_id"], "-r", repo, "--to", target, "--json"],
         env=env,
-        drop=ctx.drop,
+        prep=ctx.prep,
     )
     run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", image, target])
     target.unlink()
@@ -356,13 +374,13 @@ def bench_restic(ctx: Context, rep: int) -> ToolResult:
     run(["restic", "init"], env)
     image = ctx.disk.path
     argv = ["restic", "backup", "--json", image]
-    first = measure("first backup", argv, env=env, drop=ctx.drop, parse=_last_json_line)
-    second = measure("second backup", argv, env=env, drop=ctx.drop, parse=_last_json_line)
+    first = measure("first backup", argv, env=env, prep=ctx.prep, parse=_last_json_line)
+    second = measure("second backup", argv, env=env, prep=ctx.prep, parse=_last_json_line)
     reread = measure(
         "second backup, forced re-read",
         [*argv[:2], "--force", *argv[2:]],
         env=env,
-        drop=ctx.drop,
+        prep=ctx.prep,
         parse=_last_json_line,
     )
     target = base / "restored"
@@ -370,7 +388,7 @@ def bench_restic(ctx: Context, rep: int) -> ToolResult:
         "restore",
         ["restic", "restore", first.output["snapshot_id"], "--target", target],
         env=env,
-        drop=ctx.drop,
+        prep=ctx.prep,
     )
     _check_same(image, target / Path(image).relative_to("/"))
     shutil.rmtree(target)
@@ -399,7 +417,7 @@ def bench_borg(ctx: Context, rep: int) -> ToolResult:
             what,
             ["borg", "create", "--json", *extra, f"::{archive}", image],
             env=env,
-            drop=ctx.drop,
+            prep=ctx.prep,
             parse=json.loads,
         )
 
@@ -408,7 +426,7 @@ def bench_borg(ctx: Context, rep: int) -> ToolResult:
     reread = create("second backup, forced re-read", "third", "--files-cache=disabled")
     target = base / "restored"
     target.mkdir()
-    restore = measure("restore", ["borg", "extract", "::first"], env=env, cwd=target, drop=ctx.drop)
+    restore = measure("restore", ["borg", "extract", "::first"], env=env, cwd=target, prep=ctx.prep)
     _check_same(image, target / Path(image).relative_to("/"))
     shutil.rmtree(target)
     stored, apparent = du_bytes(repo)
@@ -542,6 +560,11 @@ def summarise(name: str, reps: list[ToolResult]) -> dict[str, Any]:
         "reread_s": med(lambda r: r.reread.seconds if r.reread else r.second.seconds),
         "restore_s": med(lambda r: r.restore.seconds),
         "restore_cpu_s": med(lambda r: r.restore.cpu_seconds),
+        "total_s_runs": [r.first.seconds + r.second.seconds + r.restore.seconds for r in reps],
+        "total_cpu_s_runs": [
+            round(r.first.cpu_seconds + r.second.cpu_seconds + r.restore.cpu_seconds, 2)
+            for r in reps
+        ],
         "stored_mib": med(lambda r: r.stored_bytes / MIB),
         "peak_rss_mib": max(
             m.peak_rss_mib
@@ -651,28 +674,51 @@ def ratios(rows: list[dict[str, Any]]) -> tuple[Table | None, list[dict[str, Any
     return table, found
 
 
+def _spread(values: list[float]) -> float:
+    """(max - min) / median, as a share."""
+    return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
+
+
 def chunk_verdict(rows: list[dict[str, Any]]) -> list[str]:
-    """Which chunk size wins, by total time, by size and by the cost of small changes."""
+    """Which chunk size wins: by wall time and CPU time of first + second backup + restore,
+    by repository size and by the cost of small changes. Margins smaller than the
+    run-to-run spread of the repetitions are called out as noise."""
     sweep = [r for r in rows if r["name"].startswith("vmkeep")]
     if len(sweep) < 2:
         return []
     lines = []
 
-    def total(r: dict[str, Any]) -> float:
-        return float(r["first_s"] + r["second_s"] + r["restore_s"])
-
-    def report(label: str, key: Callable[[dict[str, Any]], float], unit: str) -> None:
+    def report(
+        label: str, key: Callable[[dict[str, Any]], float], unit: str, runs: str | None = None
+    ) -> None:
         ranked = sorted(sweep, key=key)
         best, runner = ranked[0], ranked[1]
-        margin = (key(runner) - key(best)) / key(runner) * 100 if key(runner) else 0.0
+        margin = (key(runner) - key(best)) / key(runner) if key(runner) else 0.0
         others = ", ".join(f"{r['name'].split()[-1]} {key(r):.1f}" for r in ranked[1:])
-        lines.append(
+        line = (
             f"{label}: [bold]{best['name'].split()[-1]}[/] ({key(best):.1f} {unit}; {others}); "
-            f"{margin:.0f}% better than the runner-up"
+            f"{margin:.0%} better than the runner-up"
         )
+        if runs is not None:
+            spread = max(_spread(r[runs]) for r in sweep)
+            if len(best[runs]) > 1:
+                line += f" (run-to-run spread up to {spread:.0%}"
+                line += ": within noise)" if margin < spread else ")"
+        lines.append(line)
 
-    report("time (1st + 2nd backup + restore)", total, "s")
-    report("first backup", lambda r: float(r["first_s"]), "s")
+    report(
+        "wall time, 1st + 2nd backup + restore",
+        lambda r: statistics.median(r["total_s_runs"]),
+        "s",
+        "total_s_runs",
+    )
+    report(
+        "CPU time, 1st + 2nd backup + restore",
+        lambda r: statistics.median(r["total_cpu_s_runs"]),
+        "s",
+        "total_cpu_s_runs",
+    )
+    report("first backup wall time", lambda r: float(r["first_s"]), "s")
     report("repository size", lambda r: float(r["stored_mib"]), "MiB")
     if all(r["changed_stored_mib"] is not None for r in sweep):
         report(
@@ -698,6 +744,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tools", default="restic,borg", help="others to compare ('' for none)")
     parser.add_argument("--repeat", type=int, default=1, help="repetitions (medians reported)")
     parser.add_argument("--no-drop-caches", action="store_true", help="keep the page cache")
+    parser.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.10,
+        help="before each command, wait until the machine's CPU use is below this share",
+    )
+    parser.add_argument(
+        "--settle-timeout", type=float, default=60, help="longest wait for that, s (0: never)"
+    )
     parser.add_argument("--work-dir", type=Path, default=Path("/var/tmp"), help="for repos")  # noqa: S108
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="test disks")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
@@ -711,7 +766,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{VMKEEP} is missing: run `bash scripts/setup.sh` first[/]")
         return 2
     disk = build_disk(size, data, cache_dir=args.cache_dir)
-    drop = CacheDropper(not args.no_drop_caches)
+    prep = Preparation(not args.no_drop_caches, args.quiet_below, args.settle_timeout)
     env_info = environment_info()
     console.print(
         f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {env_info['cpus']} CPUs ({env_info['cpu']}), "
@@ -724,10 +779,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     console.print(
         "page cache: dropped before every measured command"
-        if drop.works
+        if prep.drops
         else "page cache: [yellow]NOT dropped[/] (not root, or --no-drop-caches): reads may "
         "come from memory"
     )
+    if args.settle_timeout > 0:
+        console.print(
+            f"before each command: wait (up to {args.settle_timeout:.0f} s) until other "
+            f"processes use less than {args.quiet_below:.0%} of the CPUs"
+        )
 
     work = Path(tempfile.mkdtemp(prefix="vmkeep-bench-", dir=args.work_dir))
     password_file = work / "password"
@@ -736,7 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     results: dict[str, list[ToolResult]] = {}
     try:
-        ctx = Context(disk, work, password_file, drop, make_overlay(disk, work))
+        ctx = Context(disk, work, password_file, prep, make_overlay(disk, work))
         for rep in range(args.repeat):
             for chunk_size in chunk_sizes:
                 _progress(f"vmkeep {chunk_size}", rep, args.repeat)
@@ -782,7 +842,9 @@ def main(argv: list[str] | None = None) -> int:
                 "date": stamp,
                 "elapsed_seconds": round(elapsed, 1),
                 "environment": env_info,
-                "page_cache_dropped": drop.works,
+                "page_cache_dropped": prep.drops,
+                "quiet_below": args.quiet_below,
+                "settle_timeout": args.settle_timeout,
                 "disk": asdict(disk),
                 "settings": {t: SETTINGS[t] for t in ["vmkeep", *tools]},
                 "summary": rows,

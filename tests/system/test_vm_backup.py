@@ -73,7 +73,7 @@ def backup(env: dict[str, str], *extra: str) -> dict[str, Any]:
 
 def vmkeep_checkpoints() -> list[str]:
     names = virsh("checkpoint-list", VM, "--name").stdout.split()
-    return [n for n in names if n.startswith("vmkeep-")]
+    return [n for n in names if n.startswith("vmkeep-") and "another-repository" not in n]
 
 
 def job_dir(env: dict[str, str]) -> Path:
@@ -129,6 +129,19 @@ def test_first_backup_is_full_and_quiesced(env: dict[str, str], vm: dict[str, An
     vdb = next(d for d in result["disks"] if d["name"] == "vdb")
     assert vdb["read_bytes"] == 6 * MiB  # only allocated data
     assert_no_leftovers(env)
+
+
+def test_checkpoints_of_others_are_never_deleted(env: dict[str, str], vm: dict[str, Any]) -> None:
+    foreign = ["made-by-the-admin", "vmkeep-0000beef-another-repository"]
+    for name in foreign:
+        virsh("checkpoint-create-as", VM, name)
+    try:
+        assert backup(env)["kind"] == "incremental"
+        remaining = virsh("checkpoint-list", VM, "--name").stdout.split()
+        assert set(foreign) <= set(remaining)
+    finally:
+        for name in foreign:
+            virsh("checkpoint-delete", VM, name, check=False)
 
 
 def test_incremental_reads_only_changes_and_restores_bit_exact(

@@ -49,6 +49,13 @@ from vmkeep.repository.manifests import new_backup_id
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "vmkeep-"
+
+
+def checkpoint_prefix(repo_id: str) -> str:
+    """Checkpoints are named ``vmkeep-<repo id[:8]>-<backup id>``: a VM backed up into two
+    repositories keeps one chain per repository, and each run only ever retires its own
+    repository's checkpoints (never anyone else's)."""
+    return f"{CHECKPOINT_PREFIX}{repo_id[:8]}-"
 BACKUP_DISK_FORMATS = ("qcow2", "raw")
 
 
@@ -90,6 +97,7 @@ class _Prepared:
     disks: list[DiskFacts]
     plan: ChainPlan
     backup_id: str
+    prefix: str
     warnings: list[str] = field(default_factory=list)
     quiesced: bool = False
     export: BackupExport | None = None
@@ -101,7 +109,7 @@ class _Prepared:
     @property
     def checkpoint(self) -> str | None:
         if self.running:
-            return CHECKPOINT_PREFIX + self.backup_id
+            return self.prefix + self.backup_id
         return self.plan.parent.checkpoint if self.plan.parent else None
 
 
@@ -185,8 +193,9 @@ def _clean_leftovers(deps: VmBackupDeps, vm: VmInfo, history: list[BackupManifes
     if vm.state.is_active and hv.abort_backup_job(vm.name):
         log.warning("ended a backup job of %s left by an interrupted run", vm.name)
     known = {b.checkpoint for b in history if b.checkpoint}
+    ours = checkpoint_prefix(deps.session.repo.repo_id)
     for checkpoint in vm.checkpoints:
-        if checkpoint.name.startswith(CHECKPOINT_PREFIX) and checkpoint.name not in known:
+        if checkpoint.name.startswith(ours) and checkpoint.name not in known:
             log.warning("deleting checkpoint %s of %s: no backup uses it", checkpoint.name, vm.name)
             hv.delete_checkpoint(vm.name, checkpoint.name)
     workdir = deps.jobs_dir / vm.uuid
@@ -246,7 +255,9 @@ def _prepare(
         history=history,
         parent_intact=intact,
     )
-    return _Prepared(vm, disks, plan, new_backup_id(now, secrets.token_hex(4)), warnings)
+    backup_id = new_backup_id(now, secrets.token_hex(4))
+    prefix = checkpoint_prefix(deps.session.repo.repo_id)
+    return _Prepared(vm, disks, plan, backup_id, prefix, warnings)
 
 
 def _job_request(deps: VmBackupDeps, item: _Prepared) -> BackupJobRequest:
@@ -261,7 +272,7 @@ def _job_request(deps: VmBackupDeps, item: _Prepared) -> BackupJobRequest:
             )
             for d in item.disks
         ),
-        checkpoint=CHECKPOINT_PREFIX + item.backup_id,
+        checkpoint=item.prefix + item.backup_id,
         incremental_from=parent.checkpoint if parent else None,
         workdir=str(deps.jobs_dir / item.vm.uuid),
     )
@@ -463,7 +474,7 @@ def _publish(
         raise
     for checkpoint in item.vm.checkpoints:
         name = checkpoint.name
-        if name.startswith(CHECKPOINT_PREFIX) and name != item.checkpoint:
+        if name.startswith(item.prefix) and name != item.checkpoint:
             try:
                 hv.delete_checkpoint(item.vm.name, name)
             except VmkeepError as exc:
