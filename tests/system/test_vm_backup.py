@@ -91,10 +91,12 @@ def assert_no_leftovers(env: dict[str, str]) -> None:
 
 
 def job_type() -> str:
+    """The domain's job type as virsh reports it; "None" for a shut-off domain."""
+    if virsh("domstate", VM).stdout.strip() == "shut off":
+        return "None"
     out = virsh("domjobinfo", VM, check=False)
-    if out.returncode != 0:
-        return "no domain"
-    return out.stdout.split()[2]
+    # While libvirt starts a job it may refuse the query ("cannot acquire state change lock").
+    return out.stdout.split()[2] if out.returncode == 0 else "busy"
 
 
 def live_copy(vm: dict[str, Any], target: str, dest: Path) -> Path:
@@ -294,15 +296,34 @@ def test_vm_destroyed_mid_backup_leaves_nothing(env: dict[str, str], vm: dict[st
     assert slow.returncode != 0
     assert json.loads(run_vmkeep(env, "list", "--json").stdout)["backups"] == before
     assert not job_dir(env).exists()
-    # A shut-off VM is backed up from its images, incrementally from the last checkpoint's
-    # bitmap (QEMU saved it when it was terminated), and the new data is in the backup.
+    # The shut-off VM is backed up from its images. QEMU was killed mid-job, so the bitmap
+    # may not have reached the image: then the backup falls back to full, saying why.
     offline = backup(env)
-    assert offline["kind"] == "incremental", offline
+    assert offline["kind"] == "incremental" or "unusable" in offline["reason"], offline
     vdb = next(d for d in offline["disks"] if d["name"] == "vdb")
-    assert 24 * MiB <= vdb["read_bytes"] <= 26 * MiB
-    assert "no guest agent: crash-consistent backup" not in offline["warnings"]
+    assert vdb["read_bytes"] >= 24 * MiB  # the data written before the destroy is in it
+    assert_no_leftovers(env)
     run_vmkeep(env, "lab", "create", VM, "--reuse")
-    assert backup(env)["kind"] == "incremental"
+
+
+def test_shut_off_vm_is_backed_up_incrementally_from_its_bitmap(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    assert backup(env)["kind"] in ("incremental", "full")  # a fresh checkpoint while running
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=3 seek=40 conv=fsync 2>/dev/null")
+    virsh("destroy", VM, "--graceful")  # SIGTERM only: QEMU stores its bitmaps on the way out
+    try:
+        result = backup(env)
+        assert result["kind"] == "incremental", result
+        vdb = next(d for d in result["disks"] if d["name"] == "vdb")
+        assert vdb["mode"] == "incremental"
+        assert 3 * MiB <= vdb["read_bytes"] <= 4 * MiB
+        assert "crash-consistent" not in " ".join(result["warnings"])  # nothing runs: consistent
+        restored = workdir / "restored-offline"
+        run_vmkeep(env, "restore", result["backup_id"], "--to", str(restored), "--format", "raw")
+        compare(live_copy(vm, "vdb", workdir / "offline-vdb.raw"), restored / "vdb.raw")
+    finally:
+        run_vmkeep(env, "lab", "create", VM, "--reuse")
 
 
 def test_consistency_while_the_guest_writes(

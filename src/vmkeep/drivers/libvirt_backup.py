@@ -10,6 +10,7 @@ too. libvirt creates and removes the scratch files itself.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -25,6 +26,7 @@ import nbd
 from vmkeep.domain.backup import BackupJobRequest
 from vmkeep.domain.errors import HypervisorError
 from vmkeep.drivers.nbd_client import NbdReader, connect_pool
+from vmkeep.drivers.process import run_tool
 
 log = logging.getLogger(__name__)
 
@@ -131,15 +133,47 @@ def end_job(dom: Any) -> None:
 
 
 def delete_checkpoint(dom: Any, name: str) -> None:
-    """Delete a checkpoint if it exists."""
+    """Delete a checkpoint if it exists.
+
+    libvirt 9 deletes checkpoints of running domains only. For a shut-off domain vmkeep
+    removes the checkpoint's bitmaps from the qcow2 images itself (``qemu-img bitmap
+    --remove``) and then libvirt's metadata, leaving the same state behind.
+    """
     try:
         checkpoint = dom.checkpointLookupByName(name, 0)
     except libvirt.libvirtError:
         return
     try:
-        checkpoint.delete(0)
+        if dom.isActive():
+            checkpoint.delete(0)
+            return
+        for image in _qcow2_images(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)):
+            _remove_bitmap(image, name)
+        checkpoint.delete(libvirt.VIR_DOMAIN_CHECKPOINT_DELETE_METADATA_ONLY)
     except libvirt.libvirtError as exc:
         raise _translate(f"deleting checkpoint {name} of {dom.name()!r}", exc) from exc
+
+
+def _qcow2_images(xml: str) -> list[str]:
+    root = ET.fromstring(xml)  # noqa: S314 - XML from the local libvirt daemon
+    images = []
+    for disk in root.iterfind("devices/disk"):
+        driver, source = disk.find("driver"), disk.find("source")
+        if driver is not None and driver.get("type") == "qcow2" and source is not None:
+            path = source.get("file") or source.get("dev")
+            if path:
+                images.append(path)
+    return images
+
+
+def _remove_bitmap(image: str, bitmap: str) -> None:
+    """Remove a persistent bitmap from a qcow2 image no QEMU has open; absent is fine."""
+    info = json.loads(run_tool(["qemu-img", "info", "--output=json", "-U", image], timeout=60))
+    names = {
+        b.get("name") for b in info.get("format-specific", {}).get("data", {}).get("bitmaps", [])
+    }
+    if bitmap in names:
+        run_tool(["qemu-img", "bitmap", "--remove", image, bitmap], timeout=60)
 
 
 @contextlib.contextmanager
