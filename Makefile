@@ -32,4 +32,7 @@ fast:
 	$(BIN)/pytest -m "not slow" tests/unit tests/contract
 
 clean-demo:
+	-virsh destroy "$(DEMO_VM)-restored" >/dev/null 2>&1
+	-virsh undefine "$(DEMO_VM)-restored" >/dev/null 2>&1
 	$(BIN)/vmkeep lab destroy "$(DEMO_VM)" || true
+	rm -rf /var/lib/vmkeep/demo /var/lib/vmkeep/restored/"$(DEMO_VM)-restored"
