@@ -681,13 +681,14 @@ def _spread(values: list[float]) -> float:
     return (max(values) - min(values)) / statistics.median(values) if len(values) > 1 else 0.0
 
 
-def chunk_verdict(rows: list[dict[str, Any]]) -> list[str]:
+def chunk_verdict(rows: list[dict[str, Any]], statistic: str) -> list[str]:
     """Which chunk size wins: by wall time and CPU time of first + second backup + restore,
     by repository size and by the cost of small changes. Margins smaller than the
     run-to-run spread of the repetitions are called out as noise."""
     sweep = [r for r in rows if r["name"].startswith("vmkeep")]
     if len(sweep) < 2:
         return []
+    pick = min if statistic == "min" else statistics.median
     lines = []
 
     def report(
@@ -710,13 +711,13 @@ def chunk_verdict(rows: list[dict[str, Any]]) -> list[str]:
 
     report(
         "wall time, 1st + 2nd backup + restore",
-        lambda r: statistics.median(r["total_s_runs"]),
+        lambda r: pick(r["total_s_runs"]),
         "s",
         "total_s_runs",
     )
     report(
         "CPU time, 1st + 2nd backup + restore",
-        lambda r: statistics.median(r["total_cpu_s_runs"]),
+        lambda r: pick(r["total_cpu_s_runs"]),
         "s",
         "total_cpu_s_runs",
     )
@@ -832,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     ratio_table, ratio_rows = ratios(rows)
     if ratio_table is not None:
         console.print(ratio_table)
-    verdict = chunk_verdict(rows)
+    verdict = chunk_verdict(rows, args.statistic)
     if verdict:
         console.print("[bold]chunk size[/] (vmkeep):")
         for line in verdict:
