@@ -367,3 +367,98 @@ def test_consistency_while_the_guest_writes(
     assert written > 0
     assert data[written * 4096 :] == bytes(len(data) - written * 4096), "a gap in the sequence"
     guest(env, "kill $(cat /tmp/writer) 2>/dev/null; true")
+
+
+def test_restore_to_vmdk_and_vhdx(env: dict[str, str], vm: dict[str, Any], workdir: Path) -> None:
+    latest = json.loads(run_vmkeep(env, "list", "--json").stdout)["backups"][-1]["backup_id"]
+    out = workdir / "formats"
+    run_vmkeep(env, "restore", latest, "--to", str(out / "raw"), "--format", "raw", "--disk", "vdb")
+    for fmt in ("vmdk", "vhdx"):
+        run_vmkeep(env, "restore", latest, "--to", str(out / fmt), "--format", fmt, "--disk", "vdb")
+        info = json.loads(
+            subprocess.run(
+                ["qemu-img", "info", "--output=json", str(out / fmt / f"vdb.{fmt}")],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
+        )
+        assert info["format"] == fmt
+        compare(out / "raw" / "vdb.raw", out / fmt / f"vdb.{fmt}")
+
+
+@pytest.fixture(scope="module")
+def second_vm(env: dict[str, str]) -> Iterator[str]:
+    name = f"{TEST_PREFIX}-group-member"
+    run_vmkeep(env, "lab", "create", name, "--disk-size", "32M", "--memory", "160M")
+    yield name
+    run_vmkeep(env, "lab", "destroy", name, check=False)
+
+
+def test_group_backup_is_one_consistency_point(
+    env: dict[str, str], vm: dict[str, Any], second_vm: str
+) -> None:
+    results = json.loads(run_vmkeep(env, "backup", VM, second_vm, "--group", "--json").stdout)
+    assert [r["vm"] for r in results] == [VM, second_vm]
+    assert results[0]["group"] is not None and results[0]["group"] == results[1]["group"]
+    assert all(r["quiesced"] for r in results)
+    assert results[1]["kind"] == "full" and results[0]["kind"] == "incremental"
+    for result, name in zip(results, (VM, second_vm), strict=True):
+        assert result["checkpoint"] in virsh("checkpoint-list", name, "--name").stdout.split()
+
+
+@pytest.fixture
+def tiny_repo(env: dict[str, str], workdir: Path) -> Iterator[dict[str, str]]:
+    mount = workdir / "tiny"
+    mount.mkdir(exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)], check=True)
+    try:
+        tiny = {**env, "VMKEEP_REPO": str(mount / "repo"), "XDG_CACHE_HOME": str(mount / "c")}
+        run_vmkeep(tiny, "repo", "init")
+        yield tiny
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_repository_failing_mid_backup_leaves_the_vm_unharmed(
+    env: dict[str, str], vm: dict[str, Any], tiny_repo: dict[str, str]
+) -> None:
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=12 seek=32 conv=fsync 2>/dev/null")
+    before = set(virsh("checkpoint-list", VM, "--name").stdout.split())
+    done = run_vmkeep(tiny_repo, "backup", VM, check=False)
+    assert done.returncode == 11, done.stderr  # the store is full
+    assert virsh("domstate", VM).stdout.strip() == "running"
+    assert guest(env, "echo alive").strip() == "alive"  # the guest and its agent are fine
+    assert_no_leftovers(env)
+    assert set(virsh("checkpoint-list", VM, "--name").stdout.split()) == before
+    assert backup(env)["kind"] == "incremental"  # the main repository's chain is untouched
+
+
+def restart_libvirtd() -> None:
+    """Stop libvirtd as an init system would (SIGTERM, then SIGKILL after 10 s: with a backup
+    job running it may not exit by itself) and start it again."""
+    subprocess.run(["pkill", "-x", "libvirtd"], check=True)
+    deadline = time.monotonic() + 10
+    while subprocess.run(["pgrep", "-x", "libvirtd"], capture_output=True).returncode == 0:
+        if time.monotonic() > deadline:
+            subprocess.run(["pkill", "-9", "-x", "libvirtd"], check=False)
+        time.sleep(0.2)
+    subprocess.run(["libvirtd", "-d"], check=True)
+
+
+def test_libvirtd_restart_mid_backup_is_survived(env: dict[str, str], vm: dict[str, Any]) -> None:
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=16 seek=32 conv=fsync 2>/dev/null")
+    slow = _slow_backup(env)
+    _wait_for_job()
+    restart_libvirtd()
+    deadline = time.monotonic() + 30
+    while virsh("version", check=False).returncode != 0:
+        assert time.monotonic() < deadline, "libvirtd did not come back"
+        time.sleep(0.5)
+    slow.wait(timeout=300)
+    # Whether that run finished or failed, the next one leaves everything clean.
+    result = backup(env)
+    assert result["kind"] in ("incremental", "full")
+    assert_no_leftovers(env)
+    assert len(vmkeep_checkpoints()) == 1
+    assert json.loads(run_vmkeep(env, "repo", "check", "--json").stdout)["ok"]
