@@ -17,7 +17,7 @@ apt_packages=(
   qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
   python3-libvirt python3-libnbd python3-venv python3-pip
   qemu-guest-agent linux-image-amd64 busybox-static cpio e2fsprogs
-  nbdkit procps
+  nbdkit procps ovmf
   # a single-node Ceph with its RADOS Gateway: the real S3 server tests/s3_server.py starts
   ceph-mon ceph-osd ceph-mgr radosgw ceph-common
 )

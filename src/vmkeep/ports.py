@@ -97,11 +97,16 @@ class Hypervisor(Protocol):
         ...
 
     def define_restored_vm(
-        self, xml: str, new_name: str, disks: dict[str, tuple[str, str]], files_dir: str
+        self,
+        xml: str,
+        new_name: str,
+        disks: dict[str, tuple[str, str]],
+        files_dir: str,
+        nvram: str | None = None,
     ) -> None:
         """Define a copy of the VM described by ``xml`` (a backed-up definition) named
-        ``new_name``, with fresh UUID and MACs and its disks ``{target: (path, format)}``.
-        Raises AlreadyExistsError if the name is taken."""
+        ``new_name``, with fresh UUID and MACs, its disks ``{target: (path, format)}`` and its
+        UEFI variables at ``nvram``. Raises AlreadyExistsError if the name is taken."""
         ...
 
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:

@@ -130,4 +130,6 @@ class VmInfo:
     autostart: bool = False
     domain_id: int | None = None
     lab_dir: str | None = None
+    nvram: str | None = None
+    """Path of the UEFI variable store (``<os><nvram>``), if the VM has one."""
     """Set when the VM was made by ``vmkeep lab create``: the directory holding its files."""

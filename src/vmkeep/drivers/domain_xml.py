@@ -56,6 +56,7 @@ class ParsedDomain:
     has_agent_channel: bool
     agent_channel_state: str | None
     lab_dir: str | None
+    nvram: str | None = None
 
 
 def _parse(xml: str, what: str) -> ET.Element:
@@ -94,6 +95,7 @@ def parse_domain(xml: str) -> ParsedDomain:
         has_agent_channel=has_channel,
         agent_channel_state=channel_state,
         lab_dir=lab.get("dir") if lab is not None else None,
+        nvram=(root.findtext("os/nvram") or "").strip() or None,
     )
 
 
@@ -235,7 +237,11 @@ def render_domain(spec: VmSpec) -> str:
 
 
 def rewrite_for_restore(
-    xml: str, new_name: str, disks: dict[str, tuple[str, str]], files_dir: str
+    xml: str,
+    new_name: str,
+    disks: dict[str, tuple[str, str]],
+    files_dir: str,
+    nvram: str | None = None,
 ) -> str:
     """A definition for a copy of the VM in ``xml``: named ``new_name``, with no UUID and no
     MAC addresses (libvirt makes fresh ones, so the copy can run beside the original), its
@@ -255,6 +261,13 @@ def rewrite_for_restore(
     if metadata is not None:
         for lab in metadata.findall(f"{{{LAB_XMLNS}}}lab"):
             metadata.remove(lab)
+    os_element = root.find("os")
+    nvram_element = os_element.find("nvram") if os_element is not None else None
+    if os_element is not None and nvram_element is not None:
+        if nvram is not None:
+            nvram_element.text = nvram  # the restored variables, not the original's file
+        else:
+            os_element.remove(nvram_element)  # libvirt makes a fresh one from its template
     devices = root.find("devices")
     if devices is None:
         return ET.tostring(root, encoding="unicode")

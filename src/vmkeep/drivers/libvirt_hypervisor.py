@@ -147,6 +147,7 @@ class LibvirtHypervisor:
             autostart=autostart,
             domain_id=dom_id,
             lab_dir=parsed.lab_dir,
+            nvram=parsed.nvram,
         )
 
     def _with_sizes(self, dom: Any, disk: DiskInfo, active: bool) -> DiskInfo:
@@ -328,12 +329,18 @@ class LibvirtHypervisor:
         return True
 
     def define_restored_vm(
-        self, xml: str, new_name: str, disks: dict[str, tuple[str, str]], files_dir: str
+        self,
+        xml: str,
+        new_name: str,
+        disks: dict[str, tuple[str, str]],
+        files_dir: str,
+        nvram: str | None = None,
     ) -> None:
         if self._exists(new_name):
             raise AlreadyExistsError(f"a VM named {new_name!r} already exists")
+        definition = domain_xml.rewrite_for_restore(xml, new_name, disks, files_dir, nvram)
         with _translated(f"defining {new_name!r}"):
-            self._conn.defineXML(domain_xml.rewrite_for_restore(xml, new_name, disks, files_dir))
+            self._conn.defineXML(definition)
 
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:
         libvirt_backup.delete_checkpoint(self._lookup(name), checkpoint)

@@ -15,6 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vmkeep.domain.errors import IntegrityError
+from vmkeep.domain.extents import Extent
 from vmkeep.ports import BlockReader, BlockWriter, Progress
 from vmkeep.repository.cache import ChunkCache
 from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex, chunk_count
@@ -64,6 +65,23 @@ def _bounded_map(
             for _, future in pending:
                 future.cancel()
             raise
+
+
+class BytesReader:
+    """A BlockReader over bytes in memory: small files (UEFI variables) stored like disks."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def extents(self) -> list[Extent]:
+        return [Extent(0, len(self._data), zero=False)]
+
+    def pread(self, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
 
 
 def store_disk(

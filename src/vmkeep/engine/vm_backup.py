@@ -39,16 +39,17 @@ from vmkeep.domain.errors import (
 )
 from vmkeep.domain.extents import chunks_touched, data_chunks
 from vmkeep.domain.inventory import AgentStatus, DiskDevice, SourceType, VmInfo
-from vmkeep.engine.disk_transfer import store_disk
+from vmkeep.engine.disk_transfer import BytesReader, store_disk
 from vmkeep.engine.image_backup import RepoSession
 from vmkeep.ports import BackupExport, ExportReader, HostLocks, Hypervisor
-from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex
+from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex, chunk_count
 from vmkeep.repository.locks import locked
 from vmkeep.repository.manifests import new_backup_id
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_PREFIX = "vmkeep-"
+NVRAM = "nvram"
 
 
 def checkpoint_prefix(repo_id: str) -> str:
@@ -368,7 +369,41 @@ def _transfer(deps: VmBackupDeps, item: _Prepared) -> dict[str, _DiskOutcome]:
         parent = parent_indexes.get(disk.target) if disk.tracks_changes else None
         with _open_disk(deps, item, disk, parent is not None) as reader:
             results[disk.target] = _transfer_disk(deps, item, disk, reader, parent)
+    if item.vm.nvram:
+        results[NVRAM] = _store_file(deps, NVRAM, Path(item.vm.nvram))
     return results
+
+
+def _store_file(deps: VmBackupDeps, name: str, path: Path) -> _DiskOutcome:
+    """Store a small file the VM needs to boot (UEFI variables) like a disk of its own."""
+    session = deps.session
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HypervisorError(f"cannot read {path}: {exc.strerror}") from exc
+    reader = BytesReader(data)
+    to_read = [True] * chunk_count(len(data), session.repo.chunk_size)
+    index, stats = store_disk(
+        session.repo,
+        session.cache,
+        reader,
+        to_read,
+        session.progress,
+        name,
+        workers=session.workers,
+    )
+    record = DiskBackup(
+        name=name,
+        size=len(data),
+        chunk_size=session.repo.chunk_size,
+        index_id=session.repo.write_index(index),
+        source=str(path),
+        read_bytes=stats.read_bytes,
+        new_bytes=stats.new_bytes,
+        stored_bytes=stats.stored_bytes,
+        mode="file",
+    )
+    return _DiskOutcome(index, record)
 
 
 @contextlib.contextmanager
@@ -459,7 +494,8 @@ def _publish(
         created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
         host=host,
         vm=item.vm.name,
-        disks=tuple(outcomes[d.target].record for d in item.disks),
+        disks=tuple(outcomes[d.target].record for d in item.disks)
+        + ((outcomes[NVRAM].record,) if NVRAM in outcomes else ()),
         parent=plan.parent.backup_id if plan.parent and incremental else None,
         tags=options.tags,
         config_files={"domain.xml": hv.domain_xml(item.vm.name)},

@@ -23,6 +23,7 @@ from vmkeep.domain.errors import (
 from vmkeep.engine.disk_transfer import restore_disk
 from vmkeep.engine.image_backup import RepoSession
 from vmkeep.ports import Hypervisor
+from vmkeep.repository.indexes import ZERO_CHUNK
 from vmkeep.repository.locks import locked
 
 RESTORE_FORMATS = ("qcow2", "raw", "vmdk", "vhdx")
@@ -93,6 +94,30 @@ def _check_new_vm(hypervisor: Hypervisor, request: VmRestoreRequest) -> None:
     hypervisor.undefine_vm(request.new_name)
 
 
+def _restore_files(
+    session: RepoSession, manifest: BackupManifest, request: VmRestoreRequest, done: list[Path]
+) -> str | None:
+    """Write the small files stored with the VM (UEFI variables) next to its disks; returns
+    the restored NVRAM path, if any. Each is verified like a disk chunk."""
+    nvram = None
+    for record in manifest.disks:
+        if record.mode != "file":
+            continue
+        target = request.target_dir / Path(record.source).name
+        if target.exists() and not request.force:
+            raise AlreadyExistsError(f"{target} exists (use --force to overwrite it)")
+        index = session.repo.load_index(record.index_id)
+        data = b"".join(
+            bytes(index.chunk_length(n)) if cid == ZERO_CHUNK else session.repo.load_chunk(cid)
+            for n, cid in enumerate(index.chunk_ids)
+        )
+        target.write_bytes(data)
+        done.append(target)
+        if record.name == "nvram":
+            nvram = str(target)
+    return nvram
+
+
 def restore_vm(
     session: RepoSession, hypervisor: Hypervisor, request: VmRestoreRequest
 ) -> VmRestoreResult:
@@ -126,6 +151,7 @@ def restore_vm(
                         repo, index, writer, session.progress, disk.name, workers=session.workers
                     )
                 done.append(targets[disk.name])
+            nvram = _restore_files(session, manifest, request, done)
             domain_xml = manifest.config_files.get("domain.xml")
             if domain_xml is not None:
                 xml_path.write_text(domain_xml)
@@ -136,6 +162,7 @@ def restore_vm(
                     request.new_name,
                     {name: (str(path), request.image_format) for name, path in targets.items()},
                     str(request.target_dir),
+                    nvram,
                 )
         except BaseException:
             for path in done:
