@@ -144,6 +144,15 @@ class GuestBuilder(Protocol):
         ...
 
 
+class Hooks(Protocol):
+    """The administrator's host-side commands around a backup's consistency point."""
+
+    def run(self, phase: str, vm: str, backup_id: str) -> None:
+        """Run the ``phase`` (``pre``: before the freeze, ``post``: after the thaw) command,
+        if one is configured. Raises HookError if it fails or times out."""
+        ...
+
+
 class HostLocks(Protocol):
     """Exclusive locks between processes on this host, released when the holder dies."""
 

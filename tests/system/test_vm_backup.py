@@ -133,6 +133,28 @@ def test_first_backup_is_full_and_quiesced(env: dict[str, str], vm: dict[str, An
     assert_no_leftovers(env)
 
 
+def test_hooks_run_around_the_consistency_point(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    log = workdir / "hooks.log"
+    config = workdir / "hooks.toml"
+    config.write_text(
+        Path(env["VMKEEP_CONFIG"]).read_text()
+        + f'[hooks]\npre = ["sh", "-c", "echo $VMKEEP_PHASE >> {log}"]\n'
+        f'post = ["sh", "-c", "echo $VMKEEP_PHASE $VMKEEP_VM >> {log}"]\n'
+    )
+    result = backup({**env, "VMKEEP_CONFIG": str(config)})
+    assert log.read_text() == f"pre\npost {VM}\n"
+    assert result["quiesced"]
+    failing = workdir / "failing-hooks.toml"
+    failing.write_text(Path(env["VMKEEP_CONFIG"]).read_text() + '[hooks]\npre = ["false"]\n')
+    before = vmkeep_checkpoints()
+    done = run_vmkeep({**env, "VMKEEP_CONFIG": str(failing)}, "backup", VM, check=False)
+    assert done.returncode == 17, done.stderr  # a failing pre hook stops the backup...
+    assert vmkeep_checkpoints() == before  # ...before anything happened
+    assert_no_leftovers(env)
+
+
 def test_checkpoints_of_others_are_never_deleted(env: dict[str, str], vm: dict[str, Any]) -> None:
     foreign = ["made-by-the-admin", "vmkeep-0000beef-another-repository"]
     for name in foreign:

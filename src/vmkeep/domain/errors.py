@@ -126,3 +126,9 @@ class InsecureFileError(VmkeepError):
     """A secret file is readable by other users."""
 
     exit_code = 16
+
+
+class HookError(VmkeepError):
+    """A configured hook command failed or timed out."""
+
+    exit_code = 17

@@ -32,6 +32,7 @@ from vmkeep.domain.backup import BackupJobRequest, BackupManifest, DiskBackup, D
 from vmkeep.domain.chain import ChainPlan, DiskFacts, plan_backup
 from vmkeep.domain.errors import (
     GuestAgentError,
+    HookError,
     HypervisorError,
     ToolError,
     UsageError,
@@ -41,7 +42,7 @@ from vmkeep.domain.extents import chunks_touched, data_chunks
 from vmkeep.domain.inventory import AgentStatus, DiskDevice, SourceType, VmInfo
 from vmkeep.engine.disk_transfer import BytesReader, store_disk
 from vmkeep.engine.image_backup import RepoSession
-from vmkeep.ports import BackupExport, ExportReader, HostLocks, Hypervisor
+from vmkeep.ports import BackupExport, ExportReader, Hooks, HostLocks, Hypervisor
 from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex, chunk_count
 from vmkeep.repository.locks import locked
 from vmkeep.repository.manifests import new_backup_id
@@ -78,6 +79,7 @@ class VmBackupDeps:
     session: RepoSession
     hypervisor: Hypervisor
     host_locks: HostLocks
+    hooks: Hooks
     jobs_dir: Path
     """Where each job's NBD socket and scratch files live (``<jobs_dir>/<vm uuid>``)."""
 
@@ -293,9 +295,16 @@ def _start_jobs(
 ) -> None:
     """Freeze (when asked and possible), start every job, thaw: thawing is guaranteed."""
     running = [p for p in prepared if p.running]
+    for item in prepared:
+        deps.hooks.run("pre", item.vm.name, item.backup_id)
     with _frozen(deps, running, options):
         for item in running:
             item.export = _start_job(deps, item, jobs)
+    for item in prepared:
+        try:
+            deps.hooks.run("post", item.vm.name, item.backup_id)
+        except HookError as exc:  # the consistency point is taken: keep the backup, say so
+            item.warnings.append(str(exc))
 
 
 def _start_job(deps: VmBackupDeps, item: _Prepared, jobs: contextlib.ExitStack) -> BackupExport:

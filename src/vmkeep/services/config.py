@@ -17,13 +17,17 @@ fine (defaults apply); a file given explicitly must exist.
 
     [cache]
     dir = "/var/cache/vmkeep"                  # local caches (dedup chunk ids)
+
+    [hooks]                                    # argv lists, run without a shell
+    pre = ["/usr/local/sbin/flush-db"]         # before the guest is frozen
+    post = ["/usr/local/sbin/resume-db"]       # after it is thawed
 """
 
 from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +47,7 @@ class Settings:
     s3_endpoint: str | None = None
     cache_dir: Path = Path("/var/cache/vmkeep")
     data_dir: Path = Path("/var/lib/vmkeep")
+    hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
 def default_config_path(env: Mapping[str, str], is_root: bool) -> Path:
@@ -128,6 +133,7 @@ def resolve_settings(
     )
     cache_dir = _string(cache_section, "dir", f"{path} [cache]")
     state_dir = _string(config, "state_dir", str(path))
+    hooks = _hooks(_table(config, "hooks", path), path)
     return Settings(
         uri=uri or DEFAULT_URI,
         lab_dir=Path(lab_dir) if lab_dir else default_data_dir(env, is_root) / "lab",
@@ -136,4 +142,16 @@ def resolve_settings(
         s3_endpoint=endpoint or None,
         cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(env, is_root),
         data_dir=Path(state_dir) if state_dir else default_data_dir(env, is_root),
+        hooks=hooks,
     )
+
+
+def _hooks(section: Mapping[str, Any], path: Path) -> dict[str, tuple[str, ...]]:
+    hooks = {}
+    for phase, argv in section.items():
+        if phase not in ("pre", "post"):
+            raise ConfigError(f"{path} [hooks]: unknown phase {phase!r} (use pre or post)")
+        if not isinstance(argv, list) or not argv or not all(isinstance(a, str) for a in argv):
+            raise ConfigError(f"{path} [hooks] {phase}: must be a non-empty list of strings")
+        hooks[phase] = tuple(argv)
+    return hooks

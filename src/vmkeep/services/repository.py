@@ -13,6 +13,7 @@ from pathlib import Path
 from vmkeep.backends.local import LocalStore
 from vmkeep.backends.wrappers import RateLimitedStore, RetryingStore
 from vmkeep.domain.errors import UsageError
+from vmkeep.drivers.hooks import CommandHooks
 from vmkeep.drivers.host_locks import FileLocks
 from vmkeep.drivers.nbd_image import QemuImageIO
 from vmkeep.engine.image_backup import RepoSession
@@ -132,5 +133,6 @@ def vm_backup_deps(
         session=session,
         hypervisor=hypervisor,
         host_locks=FileLocks(settings.data_dir / "locks"),
+        hooks=CommandHooks(settings.hooks),
         jobs_dir=settings.data_dir / "jobs",
     )
