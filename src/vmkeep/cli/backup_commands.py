@@ -21,7 +21,7 @@ from vmkeep.cli.repo_options import (
     S3EndpointOption,
     parse_rate,
 )
-from vmkeep.cli.state import settings_for
+from vmkeep.cli.state import open_repository_for, settings_for
 from vmkeep.domain.backup import BackupManifest
 from vmkeep.domain.errors import VmkeepError
 from vmkeep.domain.units import format_size
@@ -31,7 +31,7 @@ from vmkeep.engine.image_backup import (
     backup_image,
     restore_image,
 )
-from vmkeep.services.repository import RepoAccess, repo_session, unlock_repository
+from vmkeep.services.repository import RepoAccess, repo_session
 
 WorkersOption = Annotated[
     int | None, typer.Option(help="Parallel chunk workers (default: twice the CPU count).")
@@ -121,8 +121,7 @@ def list_command(
     as_json: JsonOption = False,
 ) -> None:
     """List the backups in the repository, oldest first."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     manifests: list[BackupManifest] = []
     unreadable: list[str] = []
     for backup_id in repository.list_backup_ids():

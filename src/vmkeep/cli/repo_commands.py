@@ -12,7 +12,7 @@ from rich.table import Table
 from vmkeep.cli.output import escape, jsonable, print_json, stderr, stdout
 from vmkeep.cli.progress import TerminalProgress
 from vmkeep.cli.repo_options import JsonOption, PasswordFileOption, S3EndpointOption
-from vmkeep.cli.state import settings_for
+from vmkeep.cli.state import open_repository_for, settings_for
 from vmkeep.domain.errors import IntegrityError
 from vmkeep.domain.units import format_size, parse_size
 from vmkeep.repository.cache import ChunkCache
@@ -27,7 +27,6 @@ from vmkeep.services.repository import (
     create_repository,
     lock_environment,
     now_text,
-    unlock_repository,
 )
 
 app = typer.Typer(help="Create, check and manage backup repositories.", no_args_is_help=True)
@@ -115,8 +114,7 @@ def check(
 ) -> None:
     """Verify the repository. Exits non-zero naming every bad object and affected backup."""
     fraction = 1.0 if read_data else _parse_fraction(read_data_subset)
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     progress = TerminalProgress(quiet=as_json)
     with locked(repository.store, lock_environment(), exclusive=False, purpose="check"):
         report = check_repository(repository, progress, read_fraction=fraction)
@@ -182,8 +180,7 @@ def stats(
     as_json: JsonOption = False,
 ) -> None:
     """Objects, logical and stored size, dedup and compression ratios."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     result = repository_stats(repository)
     if as_json:
         print_json(result)
@@ -214,8 +211,7 @@ def unlock(
     as_json: JsonOption = False,
 ) -> None:
     """Remove stale locks (dead process on this host, or not refreshed for 30 minutes)."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     removed = remove_locks(repository.store, lock_environment(), all_locks=remove_all)
     if as_json:
         print_json({"removed": removed})
@@ -236,8 +232,7 @@ def key_list(
     as_json: JsonOption = False,
 ) -> None:
     """List the key files (one per password)."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     keys = repository.list_keys()
     if as_json:
         print_json([{**jsonable(k), "current": k.key_id == repository.key_id} for k in keys])
@@ -266,8 +261,7 @@ def key_add(
     as_json: JsonOption = False,
 ) -> None:
     """Add a password that opens the repository."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     new_password = read_new_password(new_password_file)
     with locked(repository.store, lock_environment(), exclusive=True, purpose="key add"):
         key_id = repository.add_key(new_password, Identity.current(), now_text())
@@ -284,8 +278,7 @@ def key_remove(
     as_json: JsonOption = False,
 ) -> None:
     """Remove a password. Refuses the one in use and the last one."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     with locked(repository.store, lock_environment(), exclusive=True, purpose="key remove"):
         repository.remove_key(key_id)
     _report_key(as_json, {"removed": key_id}, f"removed key {key_id}")
@@ -303,8 +296,7 @@ def key_change_password(
     as_json: JsonOption = False,
 ) -> None:
     """Replace the password in use. Other passwords keep working."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     new_password = read_new_password(new_password_file)
     with locked(repository.store, lock_environment(), exclusive=True, purpose="change-password"):
         key_id = repository.change_password(new_password, Identity.current(), now_text())
@@ -323,8 +315,7 @@ def key_export(
 ) -> None:
     """Print the key in use for a safe. It still needs its password to open the repository,
     but keep it private: it is what stands between a thief and a password guess."""
-    settings = settings_for(ctx, repo, s3_endpoint)
-    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
     text = (
         f"vmkeep repository key\nrepository: {repository.store.location}\n"
         f"repository id: {repository.repo_id}\nkey id: {repository.key_id}\n"

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import typer
 
+from vmkeep.repository.repo import Repository
 from vmkeep.services.config import Settings, resolve_settings
 from vmkeep.services.context import Services, open_services
+from vmkeep.services.repository import RepoAccess, unlock_repository
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,15 @@ def settings_for(
         repo_flag=repo,
         s3_endpoint_flag=s3_endpoint,
     )
+
+
+def open_repository_for(
+    ctx: typer.Context, repo: str | None, password_file: Path | None, s3_endpoint: str | None
+) -> tuple[Settings, Repository]:
+    """Settings for this invocation and the repository they name, unlocked."""
+    settings = settings_for(ctx, repo, s3_endpoint)
+    repository = unlock_repository(settings, RepoAccess(password_file=password_file), os.environ)
+    return settings, repository
 
 
 @contextmanager
