@@ -28,6 +28,7 @@ from vmkeep.drivers.nbd_client import (
     stop_process,
 )
 from vmkeep.drivers.process import run_tool
+from vmkeep.drivers.raw_image import SparseFileWriter, sparse_file_writer
 
 _CREATE_OPTIONS = {"qcow2": ["-o", "compat=1.1"]}
 
@@ -134,13 +135,20 @@ class QemuImageIO:
     @contextlib.contextmanager
     def create_writer(
         self, path: Path, size: int, image_format: str, overwrite: bool = False
-    ) -> Iterator[NbdWriter]:
+    ) -> Iterator[NbdWriter | SparseFileWriter]:
         if path.exists() and not overwrite:
             raise AlreadyExistsError(f"{path} exists (use --force to overwrite it)")
         if not path.parent.is_dir():
             raise NotFoundError(f"directory {path.parent} does not exist")
         partial = path.with_name(f".{path.name}.partial")
         partial.unlink(missing_ok=True)
+        if image_format == "raw":
+            # A sparse file written directly is thin and bit-exact already; going through
+            # qemu-nbd would only add a copy through a socket and a process.
+            with sparse_file_writer(partial, size) as raw_writer:
+                yield raw_writer
+            partial.replace(path)
+            return
         try:
             create = ["qemu-img", "create", "-q", "-f", image_format]
             create += _CREATE_OPTIONS.get(image_format, [])
