@@ -15,6 +15,13 @@ from vmkeep.domain.backup import BackupJobRequest
 from vmkeep.domain.extents import Extent
 from vmkeep.domain.inventory import VmInfo
 from vmkeep.domain.objects import ObjectInfo
+from vmkeep.domain.snapshots import (
+    FreeSpace,
+    RevertState,
+    Snapshot,
+    SnapshotDeletion,
+    SnapshotRequest,
+)
 from vmkeep.domain.vmspec import ExecResult, GuestBoot, VmSpec
 
 
@@ -111,6 +118,42 @@ class Hypervisor(Protocol):
 
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:
         """Delete a checkpoint (its changes merge into its parent's bitmap). Idempotent."""
+        ...
+
+    # -- snapshots (external: overlay files on the disks, optionally a memory state file) ---
+
+    def list_snapshots(self, name: str) -> list[Snapshot]:
+        """Every snapshot of the VM, external or internal, sorted by creation time, with the
+        bytes each overlay occupies."""
+        ...
+
+    def create_snapshot(self, name: str, request: SnapshotRequest) -> Snapshot:
+        """Take an external snapshot atomically across ``request.overlays`` (the VM running
+        or not), saving RAM live to ``request.memory_file`` if given (running VMs only). The
+        guest is not frozen here: callers quiesce around it. Raises AlreadyExistsError if the
+        name or a file is taken, HypervisorError if libvirt refuses; on any failure no overlay
+        or memory file is left and the VM runs on as before."""
+        ...
+
+    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> None:
+        """Bring the VM back to the snapshot: stop it, put new overlays on the snapshot's
+        frozen images, point the disks at them, and restore the saved RAM (memory snapshots)
+        or boot (disk-only, unless ``state`` is SHUTOFF). Later snapshots stay available.
+        Overlays no snapshot needs any more are removed afterwards. Raises NotFoundError for
+        an unknown snapshot, UsageError for an internal one or a changed disk layout; if
+        the revert fails the VM is left on its previous disks (running again if it ran)."""
+        ...
+
+    def delete_snapshot(self, name: str, snapshot: str) -> SnapshotDeletion:
+        """Forget the snapshot and merge away the images only it needed (block commit in a
+        running VM, ``qemu-img commit`` otherwise), removing its memory state and the overlay
+        files no longer used. What the guest sees and every other snapshot's content stay
+        byte for byte the same. Raises NotFoundError, UsageError for an internal snapshot,
+        HypervisorError if a block job is already running on the VM's disks."""
+        ...
+
+    def free_space(self, directory: str) -> FreeSpace:
+        """Free space on the filesystem holding ``directory`` (which must exist)."""
         ...
 
 

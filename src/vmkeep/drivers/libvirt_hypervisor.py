@@ -35,8 +35,15 @@ from vmkeep.domain.inventory import (
     VmInfo,
     VmState,
 )
+from vmkeep.domain.snapshots import (
+    FreeSpace,
+    RevertState,
+    Snapshot,
+    SnapshotDeletion,
+    SnapshotRequest,
+)
 from vmkeep.domain.vmspec import ExecResult, VmSpec
-from vmkeep.drivers import domain_xml, libvirt_backup
+from vmkeep.drivers import domain_xml, libvirt_backup, libvirt_snapshots
 from vmkeep.drivers.libvirt_backup import LibvirtExport
 from vmkeep.drivers.qemu_img import read_backing_chain
 
@@ -344,6 +351,23 @@ class LibvirtHypervisor:
 
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:
         libvirt_backup.delete_checkpoint(self._lookup(name), checkpoint)
+
+    # -- snapshots (drivers/libvirt_snapshots.py) -------------------------------------------
+
+    def list_snapshots(self, name: str) -> list[Snapshot]:
+        return libvirt_snapshots.list_snapshots(self._lookup(name))
+
+    def create_snapshot(self, name: str, request: SnapshotRequest) -> Snapshot:
+        return libvirt_snapshots.create_snapshot(self._lookup(name), request)
+
+    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> None:
+        libvirt_snapshots.revert_snapshot(self._lookup(name), snapshot, state)
+
+    def delete_snapshot(self, name: str, snapshot: str) -> SnapshotDeletion:
+        return libvirt_snapshots.delete_snapshot(self._lookup(name), snapshot)
+
+    def free_space(self, directory: str) -> FreeSpace:
+        return libvirt_snapshots.free_space(directory)
 
 
 def _poll(fetch: Callable[[], dict[str, Any]], timeout: float, what: str) -> dict[str, Any]:
