@@ -14,6 +14,7 @@ from vmkeep.cli import (
     backup_commands,
     lab_commands,
     repo_commands,
+    snapshot_commands,
     vm_backup_commands,
     vm_commands,
 )
@@ -31,6 +32,7 @@ app = typer.Typer(
 app.add_typer(vm_commands.app, name="vm")
 app.add_typer(lab_commands.app, name="lab")
 app.add_typer(repo_commands.app, name="repo")
+app.add_typer(snapshot_commands.app, name="snapshot")
 app.command("backup")(vm_backup_commands.backup_command)
 app.command("restore")(vm_backup_commands.restore_command)
 app.command("backup-image")(backup_commands.backup_image_command)

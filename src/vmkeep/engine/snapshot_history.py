@@ -1,0 +1,107 @@
+"""Moving through a VM's snapshots: revert to one, delete (merge away) one.
+
+Both are plain functions over the Hypervisor port; the mechanics (new overlays, restoring
+RAM, block commits) live in the driver, the rules (which state to end in, refusing a changed
+disk layout) here.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from vmkeep.domain.errors import NotFoundError, UsageError
+from vmkeep.domain.inventory import VmInfo, VmState
+from vmkeep.domain.snapshots import (
+    RevertState,
+    Snapshot,
+    SnapshotDeletion,
+    SnapshotKind,
+    layout_changes,
+    snapshot_disks,
+)
+from vmkeep.ports import Hypervisor
+
+
+@dataclass(frozen=True, slots=True)
+class RevertResult:
+    """The VM is back at ``snapshot`` and in ``state``; the revert took ``seconds``."""
+
+    vm: str
+    snapshot: str
+    kind: SnapshotKind
+    state: RevertState
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteResult:
+    """``snapshot`` is gone; ``deletion`` tells which images merged and which files went."""
+
+    vm: str
+    snapshot: str
+    deletion: SnapshotDeletion
+    seconds: float
+
+
+def find_snapshot(hv: Hypervisor, vm: str, name: str) -> Snapshot:
+    """The snapshot ``name`` of ``vm``. Raises VmNotFoundError, or NotFoundError naming the
+    snapshots there are."""
+    snapshots = hv.list_snapshots(vm)
+    for snapshot in snapshots:
+        if snapshot.name == name:
+            return snapshot
+    known = ", ".join(repr(s.name) for s in snapshots) or "none"
+    raise NotFoundError(f"{vm!r} has no snapshot named {name!r} (it has: {known})")
+
+
+def revert_state(vm: VmInfo, snapshot: Snapshot, wanted: RevertState | None) -> RevertState:
+    """Where a revert leaves the VM: as asked; else a memory snapshot resumes as it was taken
+    (running or paused), and a disk-only one boots if the VM is running now and stays shut
+    off if it is not."""
+    if wanted is not None:
+        return wanted
+    if snapshot.kind is SnapshotKind.MEMORY:
+        return RevertState.PAUSED if snapshot.state == "paused" else RevertState.RUNNING
+    if vm.state is VmState.PAUSED:
+        return RevertState.PAUSED
+    return RevertState.RUNNING if vm.state.is_active else RevertState.SHUTOFF
+
+
+def revert_snapshot(
+    hv: Hypervisor, vm_name: str, name: str, wanted: RevertState | None = None
+) -> RevertResult:
+    """Bring ``vm_name`` back to snapshot ``name`` (see ports.Hypervisor.revert_snapshot).
+
+    Raises NotFoundError for an unknown snapshot, UsageError for an internal snapshot, for a
+    VM whose disks changed since the snapshot (one added or removed), and for
+    ``wanted=SHUTOFF`` with a memory snapshot. Nothing has changed when it refuses.
+    """
+    vm = hv.get_vm(vm_name)
+    snapshot = find_snapshot(hv, vm_name, name)
+    if not snapshot.external:
+        raise UsageError(f"{name!r} is an internal snapshot; vmkeep reverts external ones only")
+    changes = layout_changes(snapshot_disks(vm.disks), [d.target for d in snapshot.disks])
+    if changes:
+        raise UsageError(
+            f"the disks of {vm_name!r} changed since snapshot {name!r}: {'; '.join(changes)}; "
+            "refusing to revert"
+        )
+    state = revert_state(vm, snapshot, wanted)
+    if snapshot.kind is SnapshotKind.MEMORY and state is RevertState.SHUTOFF:
+        raise UsageError("a memory snapshot reverts to a running or paused VM")
+    started = time.monotonic()
+    hv.revert_snapshot(vm_name, name, state)
+    return RevertResult(vm_name, name, snapshot.kind, state, round(time.monotonic() - started, 3))
+
+
+def delete_snapshot(hv: Hypervisor, vm_name: str, name: str) -> DeleteResult:
+    """Delete snapshot ``name`` of ``vm_name``, merging its data away (see
+    ports.Hypervisor.delete_snapshot). Raises NotFoundError for an unknown snapshot and
+    UsageError for an internal one."""
+    snapshot = find_snapshot(hv, vm_name, name)
+    if not snapshot.external:
+        raise UsageError(f"{name!r} is an internal snapshot; vmkeep deletes external ones only")
+    started = time.monotonic()
+    deletion = hv.delete_snapshot(vm_name, name)
+    return DeleteResult(vm_name, name, deletion, round(time.monotonic() - started, 3))
