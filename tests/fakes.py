@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from vmkeep.domain.errors import (
@@ -25,6 +25,16 @@ from vmkeep.domain.inventory import (
     SourceType,
     VmInfo,
     VmState,
+)
+from vmkeep.domain.snapshots import (
+    FreeSpace,
+    RevertState,
+    Snapshot,
+    SnapshotDeletion,
+    SnapshotDisk,
+    SnapshotKind,
+    SnapshotRequest,
+    decode_facts,
 )
 from vmkeep.domain.vmspec import ExecResult, GuestBoot, VmSpec
 
@@ -120,6 +130,91 @@ class FakeHypervisor:
             return ExecResult(0, (" ".join(argv[1:]) + "\n").encode(), b"")
         return ExecResult(127, b"", f"{argv[0]}: not found\n".encode())
 
+
+    # -- snapshots: in memory, no files; disks move to their overlays like in libvirt ------
+
+    def _snapshot_book(self) -> dict[str, list[Snapshot]]:
+        """Snapshots by VM. Tests may set ``snapshot_failures`` (VM names whose snapshots fail)
+        and ``free_bytes`` (what free_space reports) on the fake."""
+        if not hasattr(self, "_snapshots"):
+            self._snapshots: dict[str, list[Snapshot]] = {}
+        return self._snapshots
+
+    def list_snapshots(self, name: str) -> list[Snapshot]:
+        self._vm(name)
+        return list(self._snapshot_book().get(name, []))
+
+    def create_snapshot(self, name: str, request: SnapshotRequest) -> Snapshot:
+        vm = self._vm(name)
+        book = self._snapshot_book()
+        if any(s.name == request.name for s in book.get(name, [])):
+            raise AlreadyExistsError(f"{name!r} already has a snapshot named {request.name!r}")
+        if name in getattr(self, "snapshot_failures", ()):
+            raise HypervisorError(f"snapshotting {name!r}: injected failure")
+        if request.memory_file and not vm.running:
+            raise HypervisorError(f"{name!r} is not running")
+        overlays = dict(request.overlays)
+        disks = tuple(
+            SnapshotDisk(d.target, d.path, d.format, overlays[d.target])
+            for d in vm.spec.disks
+            if d.target in overlays
+        )
+        current = [s for s in book.get(name, []) if s.current]
+        snapshot = Snapshot(
+            vm=name,
+            name=request.name,
+            kind=SnapshotKind.MEMORY if request.memory_file else SnapshotKind.DISK,
+            created=len(book.get(name, [])),
+            parent=current[0].name if current else None,
+            state="running" if vm.running else "shutoff",
+            current=True,
+            memory_file=request.memory_file,
+            disks=disks,
+            facts=decode_facts(request.description),
+            description=request.description,
+        )
+        book[name] = [replace(s, current=False) for s in book.get(name, [])] + [snapshot]
+        vm.spec = replace(
+            vm.spec,
+            disks=tuple(replace(d, path=overlays.get(d.target, d.path)) for d in vm.spec.disks),
+        )
+        return snapshot
+
+    def _find_snapshot(self, name: str, snapshot: str) -> Snapshot:
+        for found in self.list_snapshots(name):
+            if found.name == snapshot:
+                return found
+        raise NotFoundError(f"{name!r} has no snapshot named {snapshot!r}")
+
+    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> None:
+        vm = self._vm(name)
+        target = self._find_snapshot(name, snapshot)
+        frozen = {d.target: d.frozen for d in target.disks}
+        vm.spec = replace(
+            vm.spec,
+            disks=tuple(
+                replace(d, path=f"{frozen[d.target]}.revert") if d.target in frozen else d
+                for d in vm.spec.disks
+            ),
+        )
+        vm.running = state is not RevertState.SHUTOFF
+        vm.agent_up = vm.running and self.agent_ready
+        book = self._snapshot_book()
+        book[name] = [replace(s, current=s.name == snapshot) for s in book[name]]
+
+    def delete_snapshot(self, name: str, snapshot: str) -> SnapshotDeletion:
+        doomed = self._find_snapshot(name, snapshot)
+        book = self._snapshot_book()
+        book[name] = [
+            replace(s, parent=doomed.parent) if s.parent == snapshot else s
+            for s in book[name]
+            if s.name != snapshot
+        ]
+        removed = (doomed.memory_file,) if doomed.memory_file else ()
+        return SnapshotDeletion(removed=removed)
+
+    def free_space(self, directory: str) -> FreeSpace:
+        return FreeSpace(filesystem="/fake", free=getattr(self, "free_bytes", 1 << 40))
 
 class FakeImages:
     """DiskImageTool that writes tiny placeholder files; can be told to fail on the Nth disk."""

@@ -28,6 +28,7 @@ from vmkeep.domain.errors import (
     StoreFullError,
     UsageError,
     VmkeepError,
+    VmNotFoundError,
 )
 from vmkeep.domain.inventory import AgentStatus, SourceType, VmInfo, VmState
 from vmkeep.domain.snapshot_space import SpaceDemand, space_shortfalls
@@ -308,13 +309,20 @@ class VmSnapshots:
 def list_snapshots(hv: Hypervisor, name: str | None = None) -> list[VmSnapshots]:
     """The snapshots of ``name``, or of every VM that has any (sorted by name). Raises
     VmNotFoundError for an unknown VM."""
-    vms = [hv.get_vm(name)] if name is not None else [v for v in hv.list_vms() if v.snapshots]
+    vms = [hv.get_vm(name)] if name is not None else hv.list_vms()
     found = []
     for vm in vms:
+        try:
+            snapshots = hv.list_snapshots(vm.name)
+        except VmNotFoundError:
+            if name is not None:
+                raise
+            continue  # undefined while we were looking
+        if name is None and not snapshots:
+            continue
         chains = tuple(
             DiskChain(target, (disk.source or "", *(b.source for b in disk.backing_chain)))
             for target, disk in sorted(snapshot_disks(vm.disks).items())
         )
-        entries = tuple(tree_order(hv.list_snapshots(vm.name)))
-        found.append(VmSnapshots(vm.name, vm.state, entries, chains))
+        found.append(VmSnapshots(vm.name, vm.state, tuple(tree_order(snapshots)), chains))
     return found
