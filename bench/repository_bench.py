@@ -70,6 +70,7 @@ VMKEEP = PROJECT_DIR / ".venv" / "bin" / "vmkeep"
 PASSWORD = "vmkeep-bench-password\n"  # noqa: S105 - throwaway repositories
 MIB = 1 << 20
 CHANGED_WRITES = 100
+DEFAULT_LEVEL = 3  # vmkeep repo init's default zstd level
 CHANGED_WRITE_SIZE = 4096
 RSS_SAMPLE_SECONDS = 0.1
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
@@ -311,8 +312,8 @@ def _base_env() -> dict[str, str]:
     return env
 
 
-def bench_vmkeep(ctx: Context, chunk_size: str, rep: int) -> ToolResult:
-    base = ctx.work / f"vmkeep-{chunk_size}-{rep}"
+def bench_vmkeep(ctx: Context, name: str, chunk_size: str, level: int, rep: int) -> ToolResult:
+    base = ctx.work / f"vmkeep-{chunk_size}-{level}-{rep}"
     base.mkdir()
     repo, cache = base / "repo", base / "cache"
     config = base / "config.toml"
@@ -321,7 +322,8 @@ def bench_vmkeep(ctx: Context, chunk_size: str, rep: int) -> ToolResult:
         "VMKEEP_PASSWORD_FILE": str(ctx.password_file),
         "VMKEEP_CONFIG": str(config),
     }
-    run([VMKEEP, "repo", "init", repo, "--chunk-size", chunk_size, "--json"], env)
+    init = [VMKEEP, "repo", "init", repo, "--chunk-size", chunk_size, "--json"]
+    run([*init, "--compression-level", str(level)], env)
     image = ctx.disk.path
 
     def backup(what: str, source: str | Path) -> Measurement:
@@ -352,7 +354,7 @@ def bench_vmkeep(ctx: Context, chunk_size: str, rep: int) -> ToolResult:
     run(["qemu-img", "compare", "-q", "-f", "qcow2", "-F", "qcow2", image, target])
     target.unlink()
     stored, apparent = du_bytes(repo)
-    result = ToolResult(f"vmkeep {chunk_size}", first, second, restore, stored, apparent)
+    result = ToolResult(name, first, second, restore, stored, apparent)
     if ctx.overlay is not None:
         changed = backup("backup after scattered writes", ctx.overlay)
         result.changed = changed
@@ -529,8 +531,9 @@ def environment_info() -> dict[str, Any]:
 
 
 SETTINGS = {
-    "vmkeep": "fixed-size chunks (the sizes swept), zstd level 3, AES-256-GCM, keyed BLAKE3 ids, "
-    "reads only allocated data of the virtual disk through qemu-nbd, 4 worker threads on 2 CPUs",
+    "vmkeep": "fixed-size chunks (the sizes swept), zstd level 3 (unless swept), AES-256-GCM, "
+    "keyed BLAKE3 ids, reads only allocated data of the virtual disk through qemu-nbd, "
+    f"{max(4, CPUS * 2)} worker threads (its default) on {CPUS} CPUs",
     "restic": "repository v2, compression auto (zstd fastest), content-defined chunks "
     "512 KiB-8 MiB (avg 1 MiB), AES-256-CTR + Poly1305, SHA-256 ids; reads the qcow2 file",
     "borg": "1.2 repokey: AES-256-CTR + HMAC-SHA256, compression lz4, buzhash chunks "
@@ -682,9 +685,9 @@ def _spread(values: list[float]) -> float:
 
 
 def chunk_verdict(rows: list[dict[str, Any]], statistic: str) -> list[str]:
-    """Which chunk size wins: by wall time and CPU time of first + second backup + restore,
-    by repository size and by the cost of small changes. Margins smaller than the
-    run-to-run spread of the repetitions are called out as noise."""
+    """Which vmkeep configuration (chunk size) wins: by wall time and CPU time of first +
+    second backup + restore, by repository size and by the cost of small changes. Margins
+    smaller than the run-to-run spread of the repetitions are called out as noise."""
     sweep = [r for r in rows if r["name"].startswith("vmkeep")]
     if len(sweep) < 2:
         return []
@@ -697,9 +700,13 @@ def chunk_verdict(rows: list[dict[str, Any]], statistic: str) -> list[str]:
         ranked = sorted(sweep, key=key)
         best, runner = ranked[0], ranked[1]
         margin = (key(runner) - key(best)) / key(runner) if key(runner) else 0.0
-        others = ", ".join(f"{r['name'].split()[-1]} {key(r):.1f}" for r in ranked[1:])
+
+        def short(r: dict[str, Any]) -> str:
+            return str(r["name"]).removeprefix("vmkeep ")
+
+        others = ", ".join(f"{short(r)} {key(r):.1f}" for r in ranked[1:])
         line = (
-            f"{label}: [bold]{best['name'].split()[-1]}[/] ({key(best):.1f} {unit}; {others}); "
+            f"{label}: [bold]{short(best)}[/] ({key(best):.1f} {unit}; {others}); "
             f"{margin:.0%} better than the runner-up"
         )
         if runs is not None:
@@ -744,6 +751,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", default=None, help=f"virtual disk size (default {FULL_SIZE})")
     parser.add_argument("--data", default=None, help=f"data on the disk (default {FULL_DATA})")
     parser.add_argument("--chunk-sizes", default="1M,2M,4M", help="vmkeep chunk sizes to sweep")
+    parser.add_argument(
+        "--compression-levels",
+        default=str(DEFAULT_LEVEL),
+        help=f"vmkeep zstd levels to sweep too, e.g. 1,3 (default {DEFAULT_LEVEL})",
+    )
     parser.add_argument("--tools", default="restic,borg", help="others to compare ('' for none)")
     parser.add_argument("--repeat", type=int, default=1, help="repetitions of everything")
     parser.add_argument(
@@ -770,6 +782,7 @@ def main(argv: list[str] | None = None) -> int:
     size = args.size or (QUICK_SIZE if args.quick else FULL_SIZE)
     data = args.data or (QUICK_DATA if args.quick else FULL_DATA)
     chunk_sizes = [c.strip() for c in args.chunk_sizes.split(",") if c.strip()]
+    levels = [int(v) for v in args.compression_levels.split(",") if v.strip()]
     tools = ensure_tools([t.strip() for t in args.tools.split(",") if t.strip()])
     if not VMKEEP.exists():
         console.print(f"[red]{VMKEEP} is missing: run `bash scripts/setup.sh` first[/]")
@@ -808,10 +821,14 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(disk, work, password_file, prep, make_overlay(disk, work))
         for rep in range(args.repeat):
             for chunk_size in chunk_sizes:
-                _progress(f"vmkeep {chunk_size}", rep, args.repeat)
-                results.setdefault(f"vmkeep {chunk_size}", []).append(
-                    bench_vmkeep(ctx, chunk_size, rep)
-                )
+                for level in levels:
+                    name = f"vmkeep {chunk_size}"
+                    if levels != [DEFAULT_LEVEL]:
+                        name += f" zstd-{level}"
+                    _progress(name, rep, args.repeat)
+                    results.setdefault(name, []).append(
+                        bench_vmkeep(ctx, name, chunk_size, level, rep)
+                    )
             for tool in tools:
                 _progress(tool, rep, args.repeat)
                 bench = bench_restic if tool == "restic" else bench_borg
@@ -835,7 +852,7 @@ def main(argv: list[str] | None = None) -> int:
         console.print(ratio_table)
     verdict = chunk_verdict(rows, args.statistic)
     if verdict:
-        console.print("[bold]chunk size[/] (vmkeep):")
+        console.print("[bold]vmkeep configurations[/] (chunk size):")
         for line in verdict:
             console.print(f"  {line}")
     console.print("[bold]settings[/] (each tool's defaults):")
@@ -885,12 +902,13 @@ def _progress(name: str, rep: int, repeat: int) -> None:
 
 def _vmkeep_phases(results: dict[str, list[ToolResult]]) -> None:
     """Where vmkeep's backup time goes: the chunk transfer it reports vs the rest (startup,
-    unlock, cache, qemu-nbd, index and manifest), first repetition."""
+    unlock, cache, qemu-nbd, index and manifest), in the repetition with the fastest first
+    backup."""
     lines = []
     for name, reps in results.items():
         if not name.startswith("vmkeep"):
             continue
-        r = reps[0]
+        r = min(reps, key=lambda rep: rep.first.seconds)
         parts = []
         for m in (r.first, r.second):
             transfer = m.output["transfer_seconds"]
