@@ -1,0 +1,301 @@
+"""VM backup benchmark: vmkeep against virtnbdbackup, restic and borg, on one running VM.
+
+    sudo .venv/bin/python bench/vm_bench.py --quick     # 2 GiB disk, 500 MiB of files
+    sudo .venv/bin/python bench/vm_bench.py             # 8 GiB disk, 3 GiB of files
+
+A lab VM (``vmkeep lab create``) gets the cached realistic test disk of bench/make_disk.py as
+its second disk (vdb). Measured in one run, each command timed with the sync after it and the
+page cache dropped before it (bench/repository_bench.py's ``measure``):
+
+- vmkeep: ``backup --full`` of the running VM; ~200 MiB written inside the guest (50 writes of
+  4 MiB at random offsets of vdb); ``backup`` (incremental); ``restore --to DIR --format qcow2``.
+- virtnbdbackup 1.9 (Debian): ``-l full``; the same kind of guest writes; ``-l inc``;
+  ``virtnbdrestore``. It writes plain files: no dedup, no encryption.
+- restic and borg: the qcow2 file of the test disk (what a file-level tool backs up), first
+  backup and restore, as the restore baseline.
+
+Targets from the issue: vmkeep full <= 0.6x virtnbdbackup, incremental <= 0.5x virtnbdbackup,
+restore <= 0.5x restic, stored <= restic. Results: printed and bench/results/*-vm.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from make_disk import build_disk
+from repository_bench import (
+    PASSWORD,
+    Measurement,
+    Preparation,
+    du_bytes,
+    ensure_tools,
+    measure,
+    run,
+)
+
+BENCH_DIR = Path(__file__).resolve().parent
+VMKEEP = BENCH_DIR.parent / ".venv" / "bin" / "vmkeep"
+VM = "vmkeep-bench-vm"
+MIB = 1 << 20
+CHANGE_WRITES, CHANGE_MIB = 50, 4  # 200 MiB of changes inside the guest
+
+
+def _env(work: Path) -> dict[str, str]:
+    password = work / "password"
+    password.write_text(PASSWORD)
+    password.chmod(0o600)
+    env = dict(os.environ)
+    env.update(
+        VMKEEP_PASSWORD_FILE=str(password),
+        RESTIC_PASSWORD_FILE=str(password),
+        BORG_PASSPHRASE=PASSWORD.strip(),
+        XDG_CACHE_HOME=str(work / "cache"),
+    )
+    return env
+
+
+def prepare_vm(disk: Path, env: dict[str, str]) -> Path:
+    """A running lab VM whose vdb is a fresh copy of the test disk; returns vdb's path."""
+    if _exists():
+        run([VMKEEP, "lab", "destroy", VM], env=env)
+    out = run(
+        [VMKEEP, "lab", "create", VM, "--disks", "2", "--disk-size", "64M", "--json"], env=env
+    )
+    vdb = Path(next(d["source"] for d in json.loads(out)["vm"]["disks"] if d["target"] == "vdb"))
+    run(["virsh", "destroy", VM])
+    vdb.unlink()
+    run(["qemu-img", "convert", "-O", "qcow2", "-o", "compat=1.1", str(disk), str(vdb)])
+    run([VMKEEP, "lab", "create", VM, "--reuse"], env=env)
+    return vdb
+
+
+def _exists() -> bool:
+    names = subprocess.run(["virsh", "list", "--all", "--name"], capture_output=True, text=True)
+    return VM in names.stdout.split()
+
+
+def change_guest(env: dict[str, str], virtual_size: int, seed: int) -> None:
+    """Write CHANGE_WRITES x CHANGE_MIB MiB of fresh random data at spread offsets of vdb."""
+    slots = virtual_size // MIB // CHANGE_MIB
+    offsets = [((seed * 7919 + i * 104729) % slots) * CHANGE_MIB for i in range(CHANGE_WRITES)]
+    script = "; ".join(
+        f"dd if=/dev/urandom of=/dev/vdb bs=1M count={CHANGE_MIB} seek={o} conv=notrunc 2>/dev/null"
+        for o in offsets
+    )
+    run(
+        [VMKEEP, "lab", "exec", VM, "--timeout", "900", "--", "sh", "-c", script + "; sync"],
+        env=env,
+    )
+
+
+def bench_vmkeep(work: Path, env: dict[str, str], prep: Preparation, size: int) -> dict[str, Any]:
+    repo = work / "vmkeep-repo"
+    env = {**env, "VMKEEP_REPO": str(repo)}
+    run([VMKEEP, "repo", "init"], env=env)
+    parse = json.loads
+    full = measure(
+        "vmkeep full", [VMKEEP, "backup", VM, "--full", "--json"], env=env, prep=prep, parse=parse
+    )
+    change_guest(env, size, seed=1)
+    inc = measure("vmkeep inc", [VMKEEP, "backup", VM, "--json"], env=env, prep=prep, parse=parse)
+    if inc.output[0]["kind"] != "incremental":
+        raise RuntimeError(f"vmkeep took a full backup: {inc.output[0]['reason']}")
+    backup_id = inc.output[0]["backup_id"]
+    out = work / "vmkeep-restore"
+    restore = measure(
+        "vmkeep restore",
+        [VMKEEP, "restore", backup_id, "--to", out, "--disk", "vdb"],
+        env=env,
+        prep=prep,
+    )
+    return _row(
+        "vmkeep",
+        full,
+        inc,
+        restore,
+        du_bytes(repo)[0],
+        read_inc=sum(d["read_bytes"] for d in inc.output[0]["disks"]),
+    )
+
+
+def bench_virtnbdbackup(
+    work: Path, env: dict[str, str], prep: Preparation, size: int
+) -> dict[str, Any]:
+    target = work / "virtnbd"
+    scratch = work / "virtnbd-scratch"
+    scratch.mkdir()
+    base = ["virtnbdbackup", "-d", VM, "-o", target, "-n", "-S", scratch]
+    full = measure("virtnbdbackup full", [*base, "-l", "full"], env=env, prep=prep)
+    stored_full = du_bytes(target)[0]
+    change_guest(env, size, seed=2)
+    inc = measure("virtnbdbackup inc", [*base, "-l", "inc"], env=env, prep=prep)
+    out = work / "virtnbd-restore"
+    restore = measure(
+        "virtnbdrestore",
+        ["virtnbdrestore", "-i", target, "-o", out, "-d", "vdb"],
+        env=env,
+        prep=prep,
+    )
+    return _row("virtnbdbackup", full, inc, restore, stored_full)
+
+
+def bench_file_tool(
+    name: str, work: Path, env: dict[str, str], prep: Preparation, disk: Path
+) -> dict[str, Any]:
+    repo, out = work / f"{name}-repo", work / f"{name}-restore"
+    out.mkdir()
+    if name == "restic":
+        run(["restic", "init", "-r", repo], env=env)
+        backup = measure(
+            "restic backup", ["restic", "-r", repo, "backup", "--json", disk], env=env, prep=prep
+        )
+        restore = measure(
+            "restic restore",
+            ["restic", "-r", repo, "restore", "latest", "--target", out],
+            env=env,
+            prep=prep,
+        )
+    else:
+        run(["borg", "init", "-e", "repokey", str(repo)], env=env)
+        backup = measure(
+            "borg create", ["borg", "create", f"{repo}::one", disk], env=env, prep=prep
+        )
+        restore = measure(
+            "borg extract", ["borg", "extract", f"{repo}::one"], env=env, prep=prep, cwd=out
+        )
+    return _row(name, backup, None, restore, du_bytes(repo)[0])
+
+
+def _row(
+    name: str,
+    full: Measurement,
+    inc: Measurement | None,
+    restore: Measurement,
+    stored: int,
+    read_inc: int | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "full_s": full.seconds,
+        "inc_s": inc.seconds if inc else None,
+        "restore_s": restore.seconds,
+        "stored_mib": round(stored / MIB, 1),  # after the full (first) backup
+        "peak_rss_mib": max(m.peak_rss_mib for m in (full, inc, restore) if m),
+        "inc_read_mib": round(read_inc / MIB, 1) if read_inc is not None else None,
+        "background": max(m.background_cpu_share for m in (full, inc, restore) if m),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def report(rows: list[dict[str, Any]], console: Console) -> dict[str, str]:
+    table = Table(title="VM backup benchmark (s = wall time incl. sync; stored = after the full)")
+    for column in (
+        "tool",
+        "full s",
+        "inc s",
+        "restore s",
+        "stored MiB",
+        "peak RSS MiB",
+        "inc read MiB",
+    ):
+        table.add_column(column, justify="left" if column == "tool" else "right")
+    for row in rows:
+        table.add_row(
+            row["name"],
+            *(
+                str(row[k]) if row[k] is not None else "-"
+                for k in (
+                    "full_s",
+                    "inc_s",
+                    "restore_s",
+                    "stored_mib",
+                    "peak_rss_mib",
+                    "inc_read_mib",
+                )
+            ),
+        )
+    console.print(table)
+    by = {r["name"]: r for r in rows}
+    vk, vnb, restic = by.get("vmkeep", {}), by.get("virtnbdbackup", {}), by.get("restic", {})
+    ratios = {
+        "full vs virtnbdbackup (target <= 0.6x)": _ratio(vk.get("full_s"), vnb.get("full_s")),
+        "incremental vs virtnbdbackup (target <= 0.5x)": _ratio(vk.get("inc_s"), vnb.get("inc_s")),
+        "restore vs restic (target <= 0.5x)": _ratio(vk.get("restore_s"), restic.get("restore_s")),
+        "stored vs restic (target <= 1x)": _ratio(vk.get("stored_mib"), restic.get("stored_mib")),
+    }
+    ratio_table = Table("ratio", "value", title="vmkeep / peer")
+    for key, value in ratios.items():
+        ratio_table.add_row(key, value)
+    console.print(ratio_table)
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="2 GiB disk with 500 MiB of files")
+    parser.add_argument(
+        "--quiet-share",
+        type=float,
+        default=0.25,
+        help="wait until the machine's CPU use is below this share before each command",
+    )
+    args = parser.parse_args(argv)
+    console = Console()
+    ensure_tools(["restic", "borg"])
+    if shutil.which("virtnbdbackup") is None:
+        run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "virtnbdbackup"],
+            env=os.environ | {"DEBIAN_FRONTEND": "noninteractive"},
+        )
+    disk = build_disk("2G", "500M") if args.quick else build_disk()
+    work = Path(tempfile.mkdtemp(prefix="vmkeep-vm-bench-", dir="/var/tmp"))
+    work.chmod(0o755)
+    env = _env(work)
+    prep = Preparation(drop_caches=True, quiet_share=args.quiet_share, settle_timeout=60)
+    started = time.monotonic()
+    try:
+        prepare_vm(Path(disk.path), env)
+        rows = [bench_vmkeep(work, env, prep, disk.virtual_size)]
+        prepare_vm(Path(disk.path), env)  # the same starting point for the peer
+        rows.append(bench_virtnbdbackup(work, env, prep, disk.virtual_size))
+        for tool in ("restic", "borg"):
+            rows.append(bench_file_tool(tool, work, env, prep, Path(disk.path)))
+    finally:
+        subprocess.run([str(VMKEEP), "lab", "destroy", VM], env=env, capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+    ratios = report(rows, console)
+    results = BENCH_DIR / "results"
+    results.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (results / f"{stamp}-{'quick' if args.quick else 'full'}-vm.json").write_text(
+        json.dumps(
+            {
+                "disk": disk.__dict__,
+                "rows": rows,
+                "ratios": ratios,
+                "elapsed_seconds": round(time.monotonic() - started, 1),
+            },
+            indent=1,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
