@@ -130,7 +130,6 @@ class FakeHypervisor:
             return ExecResult(0, (" ".join(argv[1:]) + "\n").encode(), b"")
         return ExecResult(127, b"", f"{argv[0]}: not found\n".encode())
 
-
     # -- snapshots: in memory, no files; disks move to their overlays like in libvirt ------
 
     def _snapshot_book(self) -> dict[str, list[Snapshot]]:
@@ -186,7 +185,7 @@ class FakeHypervisor:
                 return found
         raise NotFoundError(f"{name!r} has no snapshot named {snapshot!r}")
 
-    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> None:
+    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> float:
         vm = self._vm(name)
         target = self._find_snapshot(name, snapshot)
         frozen = {d.target: d.frozen for d in target.disks}
@@ -201,6 +200,7 @@ class FakeHypervisor:
         vm.agent_up = vm.running and self.agent_ready
         book = self._snapshot_book()
         book[name] = [replace(s, current=s.name == snapshot) for s in book[name]]
+        return 0.0
 
     def delete_snapshot(self, name: str, snapshot: str) -> SnapshotDeletion:
         doomed = self._find_snapshot(name, snapshot)
@@ -215,6 +215,7 @@ class FakeHypervisor:
 
     def free_space(self, directory: str) -> FreeSpace:
         return FreeSpace(filesystem="/fake", free=getattr(self, "free_bytes", 1 << 40))
+
 
 class FakeImages:
     """DiskImageTool that writes tiny placeholder files; can be told to fail on the Nth disk."""

@@ -135,10 +135,11 @@ class Hypervisor(Protocol):
         or memory file is left and the VM runs on as before."""
         ...
 
-    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> None:
+    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> float:
         """Bring the VM back to the snapshot: stop it, put new overlays on the snapshot's
         frozen images, point the disks at them, and restore the saved RAM (memory snapshots)
         or boot (disk-only, unless ``state`` is SHUTOFF). Later snapshots stay available.
+        Returns how many seconds the VM was down (from stopping it until it ran again).
         Overlays no snapshot needs any more are removed afterwards. Raises NotFoundError for
         an unknown snapshot, UsageError for an internal one or a changed disk layout; if
         the revert fails the VM is left on its previous disks (running again if it ran)."""

@@ -257,7 +257,8 @@ def revert(
         return
     stdout.print(
         f"[bold]{escape(result.vm)}[/]: reverted to {escape(result.snapshot)!r} "
-        f"({result.kind.value}) in {result.seconds:.2f} s; now {result.state.value}"
+        f"({result.kind.value}) in {result.seconds:.2f} s (down {result.downtime:.2f} s); "
+        f"now {result.state.value}"
     )
 
 
@@ -268,6 +269,7 @@ def _revert_json(result: RevertResult) -> dict[str, Any]:
         "kind": result.kind.value,
         "state": result.state.value,
         "seconds": result.seconds,
+        "downtime": result.downtime,
     }
 
 

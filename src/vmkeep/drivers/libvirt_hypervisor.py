@@ -360,8 +360,8 @@ class LibvirtHypervisor:
     def create_snapshot(self, name: str, request: SnapshotRequest) -> Snapshot:
         return libvirt_snapshots.create_snapshot(self._lookup(name), request)
 
-    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> None:
-        libvirt_snapshots.revert_snapshot(self._lookup(name), snapshot, state)
+    def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> float:
+        return libvirt_snapshots.revert_snapshot(self._lookup(name), snapshot, state)
 
     def delete_snapshot(self, name: str, snapshot: str) -> SnapshotDeletion:
         return libvirt_snapshots.delete_snapshot(self._lookup(name), snapshot)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -211,7 +212,7 @@ def _forget(
 # -- revert -------------------------------------------------------------------------------------
 
 
-def revert_snapshot(dom: Any, name: str, state: RevertState) -> None:
+def revert_snapshot(dom: Any, name: str, state: RevertState) -> float:
     """See ports.Hypervisor.revert_snapshot."""
     vm = dom.name()
     documents = _snapshot_documents(dom)
@@ -247,11 +248,14 @@ def revert_snapshot(dom: Any, name: str, state: RevertState) -> None:
         for disk in snapshot.disks:
             overlays.create_overlay(new[disk.target], disk.frozen, disk.frozen_format)
             created.append(new[disk.target])
+        started = time.monotonic()
         _switch(dom, inactive, {t: (p, "qcow2") for t, p in new.items()}, snapshot, state, running)
+        downtime = time.monotonic() - started
     except BaseException:
         _remove_unused(dom, created)
         raise
     _after_revert(dom, snapshot, documents, new, {t: d.source or "" for t, d in disks.items()})
+    return downtime
 
 
 def _check_revertible(vm: str, snapshot: Snapshot, disks: dict[str, DiskInfo]) -> None:

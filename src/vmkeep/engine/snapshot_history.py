@@ -25,13 +25,15 @@ from vmkeep.ports import Hypervisor
 
 @dataclass(frozen=True, slots=True)
 class RevertResult:
-    """The VM is back at ``snapshot`` and in ``state``; the revert took ``seconds``."""
+    """The VM is back at ``snapshot`` and in ``state``. The revert took ``seconds``, of
+    which the VM was down for ``downtime`` (the rest: preparing overlays, tidying up)."""
 
     vm: str
     snapshot: str
     kind: SnapshotKind
     state: RevertState
     seconds: float
+    downtime: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,8 +93,9 @@ def revert_snapshot(
     if snapshot.kind is SnapshotKind.MEMORY and state is RevertState.SHUTOFF:
         raise UsageError("a memory snapshot reverts to a running or paused VM")
     started = time.monotonic()
-    hv.revert_snapshot(vm_name, name, state)
-    return RevertResult(vm_name, name, snapshot.kind, state, round(time.monotonic() - started, 3))
+    downtime = hv.revert_snapshot(vm_name, name, state)
+    seconds = round(time.monotonic() - started, 3)
+    return RevertResult(vm_name, name, snapshot.kind, state, seconds, round(downtime, 3))
 
 
 def delete_snapshot(hv: Hypervisor, vm_name: str, name: str) -> DeleteResult:
