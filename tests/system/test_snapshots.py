@@ -200,6 +200,28 @@ def test_reverting_a_memory_snapshot_resumes_a_running_counter(
     assert_no_strays(Path(vm["lab_dir"]))
 
 
+def test_a_failed_revert_leaves_the_vm_running_on_its_disks(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    vm_dir = Path(vm["lab_dir"])
+    (broken,) = snapshot(env, "create", VM, "--name", "broken", "--memory")["snapshots"]
+    with Path(broken["memory_file"]).open("r+b") as state:
+        state.truncate(64 << 10)  # the header survives; QEMU fails half-way through the RAM
+    before = sources()
+    data = host_md5(before["vdb"], workdir)
+    files = sorted(p.name for p in vm_dir.iterdir())
+    done = run_vmkeep(env, "snapshot", "revert", VM, "broken", check=False)
+    assert done.returncode == 5, done.stderr
+    assert "restoring the memory" in done.stderr
+    assert virsh("domstate", VM).stdout.strip() == "running"  # booted again on its disks
+    assert sources() == before
+    assert host_md5(before["vdb"], workdir) == data
+    assert sorted(p.name for p in vm_dir.iterdir()) == files  # the new overlays are gone
+    snapshot(env, "delete", VM, "broken")
+    assert not Path(broken["memory_file"]).exists()
+    assert_no_strays(vm_dir)
+
+
 def test_disk_layout_change_is_refused_and_disk_revert_is_bit_exact(
     env: dict[str, str], vm: dict[str, Any], workdir: Path
 ) -> None:

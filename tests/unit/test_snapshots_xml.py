@@ -135,6 +135,16 @@ def test_rewrite_moves_images_sets_overlays_and_parent() -> None:
     )
 
 
+def test_a_block_device_base_stays_a_block_source() -> None:
+    xml = snapshot_xml.rewrite_snapshot(CAPTURED, moved={f"{D}/vda.qcow2": "/dev/vg/vda"})
+    root = parse(xml)
+    disk = next(
+        d for d in root.iterfind("domain/devices/disk") if d.find("target").get("dev") == "vda"
+    )
+    assert disk.get("type") == "block"
+    assert disk.find("source").attrib == {"dev": "/dev/vg/vda"}
+
+
 def test_repoint_domain_points_disks_at_new_overlays() -> None:
     domain = CAPTURED.split("<domain type='qemu'>")[1].split("</domain>")[0]
     domain = f"<domain type='qemu'>{domain}</domain>"

@@ -110,11 +110,21 @@ def _busy_disks(dom: Any, targets: Sequence[str]) -> list[str]:
 
 
 def _refuse_busy(dom: Any, targets: Sequence[str]) -> None:
+    """Refuse to touch a VM that a block job or a domain job (a backup) is working on:
+    stopping it or committing under it would break that job or this one."""
     busy = _busy_disks(dom, targets)
     if busy:
         raise HypervisorError(
             f"a block job is running on {', '.join(busy)} of {dom.name()!r} (an interrupted "
             "snapshot delete?); wait for it or end it with `virsh blockjob --abort`"
+        )
+    try:
+        job = dom.jobInfo()[0]
+    except libvirt.libvirtError:
+        return
+    if job != libvirt.VIR_DOMAIN_JOB_NONE:
+        raise HypervisorError(
+            f"{dom.name()!r} has a job running (a backup?); try again when it has finished"
         )
 
 

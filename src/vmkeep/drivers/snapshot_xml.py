@@ -135,11 +135,13 @@ def parse_snapshot(xml: str, vm: str, current: bool = False) -> Snapshot:
 
 
 def _set_source(disk: ET.Element, path: str, image_format: str | None = None) -> None:
-    """Point a ``<disk>`` at the file ``path``: a fresh ``<source>``, no stale chain."""
+    """Point a ``<disk>`` at ``path``: a fresh ``<source>``, no stale chain. Images vmkeep
+    points disks at are files, except a block device base that overlays were merged into."""
     for child in list(disk):
         if child.tag in ("source", "backingStore"):
             disk.remove(child)
-    disk.set("type", "file")
+    block = path.startswith("/dev/")
+    disk.set("type", "block" if block else "file")
     driver = disk.find("driver")
     if image_format is not None:
         if driver is None:
@@ -147,7 +149,7 @@ def _set_source(disk: ET.Element, path: str, image_format: str | None = None) ->
             disk.insert(0, driver)
         driver.set("type", image_format)
     position = list(disk).index(driver) + 1 if driver is not None else 0
-    disk.insert(position, ET.Element("source", file=path))
+    disk.insert(position, ET.Element("source", {"dev" if block else "file": path}))
 
 
 def rewrite_snapshot(
