@@ -393,3 +393,43 @@ def test_a_member_failing_mid_group_leaves_every_vm_as_it_was(
     assert virsh("domstate", VM).stdout.strip() == "running"
     assert md5s(env) == data
     assert guest(env, "echo alive", PEER).strip() == "alive"
+
+
+def write_pattern(image: str, pattern: int, offset_mib: int) -> None:
+    """Write 1 MiB of ``pattern`` into an image no QEMU has open (the VM is shut off)."""
+    command = f"write -P {pattern:#x} {offset_mib}M 1M"
+    subprocess.run(
+        ["qemu-io", "-f", "qcow2", "-c", command, image], check=True, capture_output=True
+    )
+
+
+def test_shut_off_vm_and_other_branches_merge_with_qemu_img(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    """With the VM shut off, every merge runs through qemu-img, including one on a branch
+    the VM does not use; every snapshot still reads its own bytes afterwards."""
+    vm_dir = Path(vm["lab_dir"])
+    virsh("destroy", VM)
+    witness: dict[str, str] = {}
+    for number, name in enumerate(("A", "B", "C")):
+        snapshot(env, "create", VM, "--name", name)
+        write_pattern(sources()["vdb"], 0xA0 + number, number)
+        witness[name] = host_md5(sources()["vdb"], workdir)  # B's and C's state once frozen
+    frozen = {s["name"]: s["disks"][1]["frozen"] for s in listing(env)["snapshots"]}
+    assert host_md5(frozen["C"], workdir) == witness["B"]
+    result = snapshot(env, "revert", VM, "A")
+    assert result["state"] == "shut off"
+    assert virsh("domstate", VM).stdout.strip() == "shut off"
+    assert_no_strays(vm_dir)  # C's overlay, the abandoned state, is gone
+    # B's frozen image lies on the branch the VM left: merged with qemu-img commit.
+    snapshot(env, "delete", VM, "B")
+    frozen_c = next(s for s in listing(env)["snapshots"] if s["name"] == "C")["disks"][1]
+    assert host_md5(frozen_c["frozen"], workdir) == witness["B"]
+    snapshot(env, "revert", VM, "C")
+    assert host_md5(sources()["vdb"], workdir) == witness["B"]
+    for name in ("A", "C"):
+        snapshot(env, "delete", VM, name)
+        assert host_md5(sources()["vdb"], workdir) == witness["B"]
+        assert_no_strays(vm_dir)
+    assert sources() == {"vda": f"{vm_dir}/vda.qcow2", "vdb": f"{vm_dir}/vdb.qcow2"}
+    assert snapshot_names() == set()

@@ -341,10 +341,10 @@ def _after_revert(
     """Record the new overlays and make the snapshot current (new snapshots become its
     children), then remove the images of the abandoned state. The revert has succeeded by
     now: a failure here is only a warning."""
-    xml = snapshot_xml.rewrite_snapshot(documents[snapshot.name][0], overlays=new)
-    redefine_snapshot(dom, xml, current=True)
-    documents[snapshot.name] = (xml, True)
     try:
+        xml = snapshot_xml.rewrite_snapshot(documents[snapshot.name][0], overlays=new)
+        redefine_snapshot(dom, xml, current=True)
+        documents[snapshot.name] = (xml, True)
         parsed = _parsed(dom, documents)
         with translated(f"reading the disks of {dom.name()!r}"):
             disks = snapshot_disks(domain_xml.parse_domain(dom.XMLDesc(0)).disks)
@@ -352,7 +352,9 @@ def _after_revert(
         plans = image_merge.plan_images(disks, keep, keep, extra_anchors=old_active)
         image_merge.execute(dom, plans, {n: x for n, (x, _c) in documents.items()})
     except VmkeepError as exc:
-        log.warning("reverted, but the old overlays could not all be tidied away: %s", exc)
+        log.warning(
+            "reverted, but the snapshot metadata or old overlays were not all updated: %s", exc
+        )
 
 
 def free_space(directory: str) -> FreeSpace:

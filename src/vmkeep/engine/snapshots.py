@@ -30,7 +30,7 @@ from vmkeep.domain.errors import (
     VmkeepError,
     VmNotFoundError,
 )
-from vmkeep.domain.inventory import AgentStatus, SourceType, VmInfo, VmState
+from vmkeep.domain.inventory import AgentStatus, DiskDevice, SourceType, VmInfo, VmState
 from vmkeep.domain.snapshot_space import SpaceDemand, space_shortfalls
 from vmkeep.domain.snapshots import (
     Snapshot,
@@ -199,7 +199,7 @@ def _refuse_unsupported(vm: VmInfo, options: SnapshotOptions) -> None:
     """Disks an overlay cannot go on (or next to) make the whole snapshot impossible:
     leaving them out would make a revert bring back a mix of old and new data."""
     for disk in vm.disks:
-        if disk.device.value not in ("disk", "lun") or disk.readonly:
+        if disk.device not in (DiskDevice.DISK, DiskDevice.LUN) or disk.readonly:
             continue
         if disk.source_type not in (SourceType.FILE, SourceType.BLOCK) or disk.source is None:
             raise UsageError(
