@@ -125,7 +125,8 @@ def files_in_use(dom: Any, keep: dict[str, str]) -> set[tuple[int, int]]:
 
 def _live_names(dom: Any, target: str) -> dict[str, str]:
     """Real path to the spelling libvirt uses, for every image of the disk's live chain."""
-    parsed = domain_xml.parse_domain(dom.XMLDesc(0))
+    with translated(f"reading the disks of {dom.name()!r}"):
+        parsed = domain_xml.parse_domain(dom.XMLDesc(0))
     disk = next((d for d in parsed.disks if d.target == target), None)
     if disk is None or disk.source is None:
         return {}
@@ -202,7 +203,8 @@ def execute(dom: Any, plans: Sequence[DiskPlan], keep: dict[str, str]) -> Snapsh
     snapshots in ``keep`` (name to XML, updated in place) that name a merged image before it
     is removed. Before any removal the files still in use are looked up afresh: a file the VM
     or a remaining snapshot reads is never removed, whatever the plan says."""
-    running = bool(dom.isActive())
+    with translated(f"reading the state of {dom.name()!r}"):
+        running = bool(dom.isActive())
     removed: list[str] = []
     merged: list[tuple[str, str]] = []
     for plan in plans:
