@@ -3,7 +3,7 @@
 Run on demand (not part of the test suite), as root so the page cache can be dropped:
 
     .venv/bin/python bench/repository_bench.py            # 8 GiB disk, 3 GiB of /usr files
-    .venv/bin/python bench/repository_bench.py --quick    # 2 GiB disk, 500 MiB: ~1 minute
+    .venv/bin/python bench/repository_bench.py --quick    # 2 GiB disk, 500 MiB: 1-7 minutes
     .venv/bin/python bench/repository_bench.py --help     # chunk sizes, tools, repeats...
 
 What it measures, in one run, on one cached test disk (bench/make_disk.py builds it once):
