@@ -23,105 +23,45 @@ import logging
 import secrets
 import shutil
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 
 from vmkeep import __version__
-from vmkeep.domain.backup import BackupJobRequest, BackupManifest, DiskBackup, DiskJob
+from vmkeep.domain.backup import BackupJobRequest, BackupManifest, DiskJob
 from vmkeep.domain.chain import ChainPlan, DiskFacts, plan_backup
 from vmkeep.domain.errors import (
     GuestAgentError,
     HookError,
     HypervisorError,
-    ToolError,
     UsageError,
     VmkeepError,
 )
-from vmkeep.domain.extents import chunks_touched, data_chunks
 from vmkeep.domain.inventory import AgentStatus, DiskDevice, SourceType, VmInfo
-from vmkeep.engine.disk_transfer import BytesReader, store_disk
-from vmkeep.engine.image_backup import RepoSession
-from vmkeep.ports import BackupExport, ExportReader, Hooks, HostLocks, Hypervisor
-from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex, chunk_count
+from vmkeep.engine.vm_backup_model import (
+    BACKUP_DISK_FORMATS,
+    CHECKPOINT_PREFIX,
+    NVRAM,
+    DiskOutcome,
+    Prepared,
+    VmBackupDeps,
+    VmBackupOptions,
+    VmBackupResult,
+    checkpoint_prefix,
+)
+from vmkeep.engine.vm_backup_transfer import transfer_or_fall_back
+from vmkeep.ports import BackupExport
 from vmkeep.repository.locks import locked
 from vmkeep.repository.manifests import new_backup_id
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_PREFIX = "vmkeep-"
-NVRAM = "nvram"
-
-
-def checkpoint_prefix(repo_id: str) -> str:
-    """Checkpoints are named ``vmkeep-<repo id[:8]>-<backup id>``: a VM backed up into two
-    repositories keeps one chain per repository, and each run only ever retires its own
-    repository's checkpoints (never anyone else's)."""
-    return f"{CHECKPOINT_PREFIX}{repo_id[:8]}-"
-
-
-BACKUP_DISK_FORMATS = ("qcow2", "raw")
-
-
-@dataclass(frozen=True, slots=True)
-class VmBackupOptions:
-    """``vmkeep backup`` choices. ``quiesce`` None means: when the guest agent answers."""
-
-    full: bool = False
-    quiesce: bool | None = None
-    group: bool = False
-    tags: tuple[str, ...] = ()
-    freeze_timeout: int = 10
-
-
-@dataclass(frozen=True, slots=True)
-class VmBackupDeps:
-    session: RepoSession
-    hypervisor: Hypervisor
-    host_locks: HostLocks
-    hooks: Hooks
-    jobs_dir: Path
-    """Where each job's NBD socket and scratch files live (``<jobs_dir>/<vm uuid>``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class VmBackupResult:
-    """One VM's outcome: a manifest, or the error (with its exit code) that stopped it."""
-
-    vm: str
-    manifest: BackupManifest | None
-    error: str | None = None
-    exit_code: int = 0
-
-
-@dataclass(slots=True)
-class _Prepared:
-    """One VM on its way through a backup."""
-
-    vm: VmInfo
-    disks: list[DiskFacts]
-    plan: ChainPlan
-    backup_id: str
-    prefix: str
-    warnings: list[str] = field(default_factory=list)
-    quiesced: bool = False
-    export: BackupExport | None = None
-
-    @property
-    def running(self) -> bool:
-        return self.vm.state.is_active
-
-    @property
-    def checkpoint(self) -> str | None:
-        if self.running:
-            return self.prefix + self.backup_id
-        return self.plan.parent.checkpoint if self.plan.parent else None
-
-
-@dataclass(frozen=True, slots=True)
-class _DiskOutcome:
-    index: DiskIndex
-    record: DiskBackup
+__all__ = [
+    "CHECKPOINT_PREFIX",
+    "VmBackupDeps",
+    "VmBackupOptions",
+    "VmBackupResult",
+    "backup_vms",
+    "checkpoint_prefix",
+]
 
 
 def backup_vms(
@@ -168,7 +108,7 @@ def _backup_group(
             prepared.append(_prepare(deps, vm, options, history[vm.uuid], now))
         with contextlib.ExitStack() as jobs:
             _start_jobs(deps, prepared, options, jobs)
-            indexes = {p.vm.uuid: _transfer_or_fall_back(deps, p) for p in prepared}
+            indexes = {p.vm.uuid: transfer_or_fall_back(deps, p) for p in prepared}
         manifests = [
             _publish(deps, p, indexes[p.vm.uuid], options, now, host, group_id) for p in prepared
         ]
@@ -241,7 +181,7 @@ def _prepare(
     options: VmBackupOptions,
     history: list[BackupManifest],
     now: datetime,
-) -> _Prepared:
+) -> Prepared:
     disks, warnings = _disks_of(vm)
     cache = deps.session.cache
 
@@ -266,10 +206,10 @@ def _prepare(
     )
     backup_id = new_backup_id(now, secrets.token_hex(4))
     prefix = checkpoint_prefix(deps.session.repo.repo_id)
-    return _Prepared(vm, disks, plan, backup_id, prefix, warnings)
+    return Prepared(vm, disks, plan, backup_id, prefix, warnings)
 
 
-def _job_request(deps: VmBackupDeps, item: _Prepared) -> BackupJobRequest:
+def _job_request(deps: VmBackupDeps, item: Prepared) -> BackupJobRequest:
     parent = item.plan.parent
     return BackupJobRequest(
         vm=item.vm.name,
@@ -289,7 +229,7 @@ def _job_request(deps: VmBackupDeps, item: _Prepared) -> BackupJobRequest:
 
 def _start_jobs(
     deps: VmBackupDeps,
-    prepared: list[_Prepared],
+    prepared: list[Prepared],
     options: VmBackupOptions,
     jobs: contextlib.ExitStack,
 ) -> None:
@@ -307,7 +247,7 @@ def _start_jobs(
             item.warnings.append(str(exc))
 
 
-def _start_job(deps: VmBackupDeps, item: _Prepared, jobs: contextlib.ExitStack) -> BackupExport:
+def _start_job(deps: VmBackupDeps, item: Prepared, jobs: contextlib.ExitStack) -> BackupExport:
     hv = deps.hypervisor
     try:
         return jobs.enter_context(hv.backup_job(_job_request(deps, item)))
@@ -322,9 +262,9 @@ def _start_job(deps: VmBackupDeps, item: _Prepared, jobs: contextlib.ExitStack) 
 
 
 @contextlib.contextmanager
-def _frozen(deps: VmBackupDeps, items: list[_Prepared], options: VmBackupOptions) -> Iterator[None]:
+def _frozen(deps: VmBackupDeps, items: list[Prepared], options: VmBackupOptions) -> Iterator[None]:
     hv = deps.hypervisor
-    frozen: list[_Prepared] = []
+    frozen: list[Prepared] = []
     try:
         for item in items:
             wanted = options.quiesce
@@ -353,140 +293,10 @@ def _frozen(deps: VmBackupDeps, items: list[_Prepared], options: VmBackupOptions
                 log.error("could not thaw %s: %s", item.vm.name, exc)
 
 
-def _transfer_or_fall_back(deps: VmBackupDeps, item: _Prepared) -> dict[str, _DiskOutcome]:
-    """Transfer; for a shut-off VM whose bitmap cannot be used (QEMU died uncleanly and left
-    it inconsistent), start over as a full backup. Chunks already stored are not re-sent."""
-    try:
-        return _transfer(deps, item)
-    except ToolError as exc:
-        if item.running or item.plan.parent is None:
-            raise
-        checkpoint = item.plan.parent.checkpoint
-        item.plan = ChainPlan(None, f"the bitmap of checkpoint {checkpoint} is unusable ({exc})")
-        log.warning("%s: %s; taking a full backup", item.vm.name, item.plan.reason)
-        return _transfer(deps, item)
-
-
-def _transfer(deps: VmBackupDeps, item: _Prepared) -> dict[str, _DiskOutcome]:
-    """Read every disk of ``item`` into the repository; returns the new index per disk."""
-    parent_indexes = {}
-    if item.plan.parent is not None:
-        repo = deps.session.repo
-        parent_indexes = {d.name: repo.load_index(d.index_id) for d in item.plan.parent.disks}
-    results = {}
-    for disk in item.disks:
-        parent = parent_indexes.get(disk.target) if disk.tracks_changes else None
-        with _open_disk(deps, item, disk, parent is not None) as reader:
-            results[disk.target] = _transfer_disk(deps, item, disk, reader, parent)
-    if item.vm.nvram:
-        results[NVRAM] = _store_file(deps, NVRAM, Path(item.vm.nvram))
-    return results
-
-
-def _store_file(deps: VmBackupDeps, name: str, path: Path) -> _DiskOutcome:
-    """Store a small file the VM needs to boot (UEFI variables) like a disk of its own."""
-    session = deps.session
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise HypervisorError(f"cannot read {path}: {exc.strerror}") from exc
-    reader = BytesReader(data)
-    to_read = [True] * chunk_count(len(data), session.repo.chunk_size)
-    index, stats = store_disk(
-        session.repo,
-        session.cache,
-        reader,
-        to_read,
-        session.progress,
-        name,
-        workers=session.workers,
-    )
-    record = DiskBackup(
-        name=name,
-        size=len(data),
-        chunk_size=session.repo.chunk_size,
-        index_id=session.repo.write_index(index),
-        source=str(path),
-        read_bytes=stats.read_bytes,
-        new_bytes=stats.new_bytes,
-        stored_bytes=stats.stored_bytes,
-        mode="file",
-    )
-    return _DiskOutcome(index, record)
-
-
-@contextlib.contextmanager
-def _open_disk(
-    deps: VmBackupDeps, item: _Prepared, disk: DiskFacts, incremental: bool
-) -> Iterator[ExportReader]:
-    if item.export is not None:
-        with item.export.open_disk(disk.target) as reader:
-            yield reader
-        return
-    source = next(d.source for d in item.vm.disks if d.target == disk.target)
-    bitmap = item.plan.parent.checkpoint if incremental and item.plan.parent else None
-    with deps.session.images.open_reader(
-        Path(source or ""), image_format=disk.image_format, bitmap=bitmap
-    ) as reader:
-        yield reader
-
-
-def _transfer_disk(
-    deps: VmBackupDeps,
-    item: _Prepared,
-    disk: DiskFacts,
-    reader: ExportReader,
-    parent: DiskIndex | None,
-) -> _DiskOutcome:
-    session = deps.session
-    chunk_size = session.repo.chunk_size
-    if reader.size != disk.size:
-        raise HypervisorError(f"{disk.target}: export size {reader.size} != disk size {disk.size}")
-    has_data = data_chunks(reader.extents(), reader.size, chunk_size)
-    dirty = reader.dirty_ranges() if parent is not None else None
-    if parent is None or dirty is None or parent.chunk_size != chunk_size:
-        to_read, base = has_data, None
-        mode = "full"
-    else:
-        touched = chunks_touched(dirty, reader.size, chunk_size)
-        # Dirty and now unallocated (trimmed): zeros, not the parent's stale data.
-        base = [ZERO_CHUNK if touched[n] else cid for n, cid in enumerate(parent.chunk_ids)]
-        to_read = [touched[n] and has_data[n] for n in range(len(touched))]
-        mode = "incremental"
-    label = f"{item.vm.name}:{disk.target}"
-    index, stats = store_disk(
-        session.repo,
-        session.cache,
-        reader,
-        to_read,
-        session.progress,
-        label,
-        workers=session.workers,
-        reused_ids=base,
-    )
-    index_id = session.repo.write_index(index)
-    source = next((d.source for d in item.vm.disks if d.target == disk.target), None)
-    record = DiskBackup(
-        name=disk.target,
-        size=disk.size,
-        chunk_size=chunk_size,
-        index_id=index_id,
-        source=source or "",
-        source_format=disk.image_format or "",
-        read_bytes=stats.read_bytes,
-        new_bytes=stats.new_bytes,
-        stored_bytes=stats.stored_bytes,
-        zero_chunks=stats.zero_chunks,
-        seconds=round(stats.seconds, 3),
-        mode=mode,
-    )
-    return _DiskOutcome(index, record)
-
-
 def _publish(
     deps: VmBackupDeps,
-    item: _Prepared,
-    outcomes: dict[str, _DiskOutcome],
+    item: Prepared,
+    outcomes: dict[str, DiskOutcome],
     options: VmBackupOptions,
     now: datetime,
     host: str,
