@@ -19,6 +19,7 @@ from vmkeep.cli.repo_options import (
     PasswordFileOption,
     RepoOption,
     S3EndpointOption,
+    TagOption,
     parse_rate,
 )
 from vmkeep.cli.state import open_repository_for, settings_for
@@ -43,7 +44,7 @@ def backup_image_command(
     image: Annotated[Path, typer.Argument(help="A qcow2 or raw image no running VM is using.")],
     repo: RepoOption = None,
     name: Annotated[str | None, typer.Option(help="Name of the disk in the backup.")] = None,
-    tag: Annotated[list[str] | None, typer.Option(help="Tag the backup; repeatable.")] = None,
+    tag: TagOption = None,
     password_file: PasswordFileOption = None,
     s3_endpoint: S3EndpointOption = None,
     limit_upload: LimitUploadOption = None,

@@ -33,6 +33,15 @@ LimitUploadOption = Annotated[
     str | None, typer.Option(help="Cap uploads at this many bytes per second, e.g. 50M.")
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+QuiesceOption = Annotated[
+    bool | None,
+    typer.Option(
+        "--quiesce/--no-quiesce",
+        help="Freeze guest filesystems through the agent (default: when it answers).",
+        show_default=False,
+    ),
+]
+TagOption = Annotated[list[str] | None, typer.Option(help="Tag the backup; repeatable.")]
 
 
 def parse_rate(text: str | None) -> int | None:

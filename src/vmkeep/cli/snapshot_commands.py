@@ -11,6 +11,7 @@ import typer
 from rich.table import Table
 
 from vmkeep.cli.output import escape, print_json, stdout
+from vmkeep.cli.repo_options import QuiesceOption
 from vmkeep.cli.state import services_for
 from vmkeep.cli.vm_commands import JsonFlag
 from vmkeep.domain.snapshots import (
@@ -55,14 +56,7 @@ def create(
     memory: Annotated[
         bool, typer.Option(help="Save RAM and device state too (live), not only the disks.")
     ] = False,
-    quiesce: Annotated[
-        bool | None,
-        typer.Option(
-            "--quiesce/--no-quiesce",
-            help="Freeze guest filesystems through the agent (default: when it answers).",
-            show_default=False,
-        ),
-    ] = None,
+    quiesce: QuiesceOption = None,
     expire: Annotated[
         str | None, typer.Option(help="Mark the snapshot expired after this long, e.g. 72h, 3d.")
     ] = None,

@@ -18,8 +18,10 @@ from vmkeep.cli.repo_options import (
     JsonOption,
     LimitUploadOption,
     PasswordFileOption,
+    QuiesceOption,
     RepoOption,
     S3EndpointOption,
+    TagOption,
     parse_rate,
 )
 from vmkeep.cli.state import settings_for
@@ -37,16 +39,9 @@ def backup_command(
     full: Annotated[
         bool, typer.Option(help="Take a full backup even if an incremental is possible.")
     ] = False,
-    quiesce: Annotated[
-        bool | None,
-        typer.Option(
-            "--quiesce/--no-quiesce",
-            help="Freeze guest filesystems through the agent (default: when it answers).",
-            show_default=False,
-        ),
-    ] = None,
+    quiesce: QuiesceOption = None,
     group: Annotated[bool, typer.Option(help="One consistency point for all the VMs.")] = False,
-    tag: Annotated[list[str] | None, typer.Option(help="Tag the backups; repeatable.")] = None,
+    tag: TagOption = None,
     password_file: PasswordFileOption = None,
     s3_endpoint: S3EndpointOption = None,
     limit_upload: LimitUploadOption = None,
