@@ -484,3 +484,37 @@ def test_libvirtd_restart_mid_backup_is_survived(env: dict[str, str], vm: dict[s
     assert_no_leftovers(env)
     assert len(vmkeep_checkpoints()) == 1
     assert json.loads(run_vmkeep(env, "repo", "check", "--json").stdout)["ok"]
+
+
+def test_incrementals_across_a_snapshot_and_its_deletion(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    """Issue 5, item 8: a vmkeep snapshot neither breaks the chain nor, once merged away."""
+    backup(env)
+    run_vmkeep(env, "snapshot", "create", VM, "--name", "across", "--no-quiesce")
+    try:
+        guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=2 seek=20 conv=fsync 2>/dev/null")
+        on_overlay = backup(env)
+        assert on_overlay["kind"] == "incremental", on_overlay["reason"]
+        vdb = next(d for d in on_overlay["disks"] if d["name"] == "vdb")
+        assert vdb["read_bytes"] <= 3 * MiB
+        restored = workdir / "restored-across"
+        run_vmkeep(
+            env,
+            "restore",
+            on_overlay["backup_id"],
+            "--to",
+            str(restored),
+            "--format",
+            "raw",
+            "--disk",
+            "vdb",
+        )
+        compare(live_copy(vm, "vdb", workdir / "across-vdb.raw"), restored / "vdb.raw")
+    finally:
+        run_vmkeep(env, "snapshot", "delete", VM, "across")
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=1 seek=50 conv=fsync 2>/dev/null")
+    after_merge = backup(env)
+    assert after_merge["kind"] == "incremental", after_merge["reason"]
+    assert next(d for d in after_merge["disks"] if d["name"] == "vdb")["read_bytes"] <= 2 * MiB
+    assert_no_leftovers(env)
