@@ -14,15 +14,6 @@ from vmkeep.cli.main import main
 TEST_URI = "test:///default"
 
 
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Never read the host's real config file."""
-    config = tmp_path / "config.toml"
-    config.write_text(f'[lab]\ndir = "{tmp_path / "lab"}"\n')
-    monkeypatch.setenv("VMKEEP_CONFIG", str(config))
-    monkeypatch.delenv("VMKEEP_CONNECT", raising=False)
-
-
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     code = main(list(args))
     out, err = capsys.readouterr()

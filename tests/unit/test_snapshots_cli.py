@@ -4,21 +4,12 @@ driver: usage errors exit 2 before anything happens, unknown things exit 3, JSON
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from vmkeep.cli.main import main
 
 TEST_URI = "test:///default"
-
-
-@pytest.fixture(autouse=True)
-def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    config = tmp_path / "config.toml"
-    config.write_text(f'[lab]\ndir = "{tmp_path / "lab"}"\n')
-    monkeypatch.setenv("VMKEEP_CONFIG", str(config))
-    monkeypatch.delenv("VMKEEP_CONNECT", raising=False)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

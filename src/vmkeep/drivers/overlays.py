@@ -19,11 +19,11 @@ from pathlib import Path
 from vmkeep.domain.errors import AlreadyExistsError, ToolError
 from vmkeep.domain.snapshots import FreeSpace
 from vmkeep.drivers.process import run_tool
+from vmkeep.drivers.qemu_img import create_qcow2
 
 log = logging.getLogger(__name__)
 
 # qcow2 v3 ("compat=1.1"), like every disk vmkeep creates: persistent dirty bitmaps need it.
-_QCOW2_OPTIONS = "compat=1.1"
 _INFO_TIMEOUT = 60
 _WRITE_TIMEOUT = 6 * 3600  # a commit copies up to a whole overlay
 
@@ -81,23 +81,7 @@ def create_overlay(path: str, backing: str, backing_format: str) -> None:
     Never overwrites: AlreadyExistsError if ``path`` exists."""
     if Path(path).exists():
         raise AlreadyExistsError(f"{path} already exists")
-    run_tool(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-o",
-            _QCOW2_OPTIONS,
-            "-F",
-            backing_format,
-            "-b",
-            str(Path(backing).absolute()),
-            path,
-        ],
-        timeout=_INFO_TIMEOUT,
-    )
+    create_qcow2(Path(path), backing=Path(backing), backing_format=backing_format)
 
 
 def commit_offline(top: str, base: str) -> None:

@@ -15,6 +15,20 @@ from vmkeep.drivers.process import run_tool
 _QCOW2_OPTIONS = "compat=1.1"
 
 
+def create_qcow2(
+    path: Path, size: int | None = None, *, backing: Path | None = None, backing_format: str = ""
+) -> None:
+    """``qemu-img create`` of a qcow2 v3 image: ``size`` bytes, or an overlay on ``backing``
+    (recorded by absolute path). The one place that knows how vmkeep makes qcow2 images."""
+    argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-o", _QCOW2_OPTIONS]
+    if backing is not None:
+        argv += ["-F", backing_format, "-b", str(backing.absolute())]
+    argv.append(str(path))
+    if size is not None:
+        argv.append(str(size))
+    run_tool(argv, timeout=120)
+
+
 class QemuImgTool:
     """DiskImageTool over qemu-img (and mkfs.ext4 for filled disks)."""
 
@@ -28,19 +42,7 @@ class QemuImgTool:
         raw = path.with_name(path.name + ".raw.partial")
         try:
             if fill_from is None:
-                run_tool(
-                    [
-                        "qemu-img",
-                        "create",
-                        "-q",
-                        "-f",
-                        "qcow2",
-                        "-o",
-                        _QCOW2_OPTIONS,
-                        str(partial),
-                        str(size),
-                    ]
-                )
+                create_qcow2(partial, size)
             else:
                 with raw.open("wb") as handle:
                     handle.truncate(size)
