@@ -81,6 +81,34 @@ def test_round_trip_is_identical_and_thin(env: dict[str, str], tmp_path: Path, f
         assert target.stat().st_blocks * 512 < 16 * MiB
 
 
+@pytest.fixture
+def no_direct_io_dir(tmp_path: Path) -> Iterator[Path]:
+    """A ramfs mount: a filesystem without O_DIRECT, where qemu-nbd --cache=none cannot open."""
+    mount = tmp_path / "ramfs"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "ramfs", "ramfs", str(mount)], check=True)
+    try:
+        with pytest.raises(OSError):
+            os.close(os.open(mount / "probe", os.O_WRONLY | os.O_CREAT | os.O_DIRECT))
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_images_on_a_filesystem_without_direct_io(
+    env: dict[str, str], tmp_path: Path, no_direct_io_dir: Path
+) -> None:
+    """qemu-nbd is started without the page cache first; where O_DIRECT does not exist it
+    must fall back to the page cache, for reading and for writing qcow2."""
+    image = make_image(no_direct_io_dir / "disk.qcow2", "16M")
+    qemu_io(image, "write -P 0x77 1M 2M")
+    manifest = backup(env, image)
+    assert manifest["disks"][0]["read_bytes"] == 2 * MiB  # type: ignore[index]
+    target = no_direct_io_dir / "restored.qcow2"
+    restore(env, str(manifest["backup_id"]), target)
+    compare(image, target)
+
+
 def test_second_backup_is_deduplicated(env: dict[str, str], tmp_path: Path) -> None:
     image = make_image(tmp_path / "disk.qcow2")
     # Eight distinct chunks, and a ninth that repeats the first: dedup within one backup too.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 import nbd
 
 from vmkeep.domain.errors import AlreadyExistsError, NotFoundError, ToolError, UsageError
+from vmkeep.drivers.allocator import allocator_environment
 from vmkeep.drivers.nbd_client import (
     CONNECT_TIMEOUT,
     NbdPool,
@@ -55,37 +57,39 @@ def serve_image(
 ) -> Iterator[NbdPool]:
     """Start qemu-nbd for ``path`` and connect ``connections`` handles to it. With ``bitmap``
     (read-only only) the persistent dirty bitmap of that name is exported as the
-    ``qemu:dirty-bitmap:<bitmap>`` context."""
+    ``qemu:dirty-bitmap:<bitmap>`` context.
+
+    qemu-nbd first runs with ``--cache=none`` (O_DIRECT): chunk-sized requests then bypass
+    the page cache, which saved about half of qemu-nbd's CPU time on 8 GiB backups and
+    restores and leaves the host's cache alone. Where a file of the image sits on a
+    filesystem without O_DIRECT (ramfs; tmpfs before Linux 6.6) qemu-nbd fails to open it
+    and is started again with the page cache.
+    """
     if shutil.which("qemu-nbd") is None:
         raise ToolError("qemu-nbd is not installed (run `make setup`)")
     workdir = Path(tempfile.mkdtemp(prefix="vmkeep-nbd-"))
-    socket_path = workdir / "nbd.sock"
-    argv = ["qemu-nbd", "--socket", str(socket_path), "--shared", str(connections)]
-    argv += ["--format", image_format, "--cache", "writeback"]
+    argv = ["qemu-nbd", "--shared", str(connections), "--format", image_format]
     argv += ["--discard=unmap", "--detect-zeroes=unmap"] if writable else ["--read-only"]
-    if bitmap is not None:
-        argv += ["--bitmap", bitmap]
-    argv += ["--", str(path)]
     contexts: tuple[str, ...] = ()
     if not writable:
         contexts = (nbd.CONTEXT_BASE_ALLOCATION,)
-        if bitmap is not None:
-            contexts += (f"qemu:dirty-bitmap:{bitmap}",)
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    if bitmap is not None:
+        argv += ["--bitmap", bitmap]
+        contexts += (f"qemu:dirty-bitmap:{bitmap}",)
+    process: subprocess.Popen[bytes] | None = None
     pool: NbdPool | None = None
     try:
-        _wait_for_socket(process, socket_path)
-        try:
-            pool = connect_pool(
-                socket_path,
-                connections,
-                contexts=contexts,
-                server_alive=lambda: process.poll() is None,
-            )
-        except ToolError:
-            if process.poll() is not None:
-                raise ToolError(f"qemu-nbd failed: {_last_error(process)}") from None
-            raise
+        for attempt, cache in enumerate(("none", "writeback")):
+            socket_path = workdir / f"nbd{attempt}.sock"
+            command = [*argv, "--socket", str(socket_path), f"--cache={cache}", "--", str(path)]
+            process = _start_qemu_nbd(command)
+            try:
+                pool = _connect(process, socket_path, connections, contexts)
+                break
+            except _NoDirectIOError:
+                stop_process(process)
+        if pool is None or process is None:
+            raise ToolError(f"qemu-nbd could not open {path}")
         yield pool
         pool.close(flush=writable)
         pool = None
@@ -94,8 +98,46 @@ def serve_image(
     finally:
         if pool is not None:
             pool.close(flush=False)
-        stop_process(process)
+        if process is not None:
+            stop_process(process)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _start_qemu_nbd(command: list[str]) -> subprocess.Popen[bytes]:
+    # qemu-nbd allocates a bounce buffer per request, and glibc's default thresholds give
+    # each 1 MiB request fresh zeroed pages (see allocator.py): tuned the same way through
+    # glibc's environment variables, which saved about 2 CPU seconds per 8 GiB restore.
+    env = {**os.environ, **allocator_environment()}
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+
+
+def _connect(
+    process: subprocess.Popen[bytes],
+    socket_path: Path,
+    connections: int,
+    contexts: tuple[str, ...],
+) -> NbdPool:
+    """Connect to a starting qemu-nbd. Raises _NoDirectIOError when it exited because O_DIRECT is
+    not supported (it may create its socket before it opens the image), else ToolError."""
+    try:
+        _wait_for_socket(process, socket_path)
+        return connect_pool(
+            socket_path,
+            connections,
+            contexts=contexts,
+            server_alive=lambda: process.poll() is None,
+        )
+    except ToolError:
+        if process.poll() is None:
+            raise
+        failure = _last_error(process)
+        if "O_DIRECT" in failure:
+            raise _NoDirectIOError(failure) from None
+        raise ToolError(f"qemu-nbd failed: {failure}") from None
+
+
+class _NoDirectIOError(Exception):
+    """qemu-nbd could not open the image with O_DIRECT."""
 
 
 def _last_error(process: subprocess.Popen[bytes]) -> str:
@@ -108,7 +150,7 @@ def _wait_for_socket(process: subprocess.Popen[bytes], socket_path: Path) -> Non
     deadline = time.monotonic() + CONNECT_TIMEOUT
     while not socket_path.exists():
         if process.poll() is not None:
-            raise ToolError(f"qemu-nbd failed: {_last_error(process)}")
+            raise ToolError("qemu-nbd exited")
         if time.monotonic() > deadline:
             raise ToolError("qemu-nbd did not start within 30 s")
         time.sleep(0.01)

@@ -13,6 +13,7 @@ from pathlib import Path
 from vmkeep.backends.local import LocalStore
 from vmkeep.backends.wrappers import RateLimitedStore, RetryingStore
 from vmkeep.domain.errors import UsageError
+from vmkeep.drivers.allocator import tune_for_large_buffers
 from vmkeep.drivers.hooks import CommandHooks
 from vmkeep.drivers.host_locks import FileLocks
 from vmkeep.drivers.nbd_image import QemuImageIO
@@ -93,6 +94,7 @@ def create_repository(
 
 def unlock_repository(settings: Settings, access: RepoAccess, env: Mapping[str, str]) -> Repository:
     """Open the configured repository; the password is only asked for if it is encrypted."""
+    tune_for_large_buffers()  # every user of a repository moves chunk-sized buffers
     store = make_store(settings, access)
     return open_repository(store, lambda: read_password(env, access.password_file, confirm=False))
 
