@@ -13,6 +13,7 @@ from vmkeep.domain.errors import (
     AlreadyExistsError,
     GuestAgentError,
     HypervisorError,
+    LockedError,
     NotFoundError,
     ToolError,
     VmNotFoundError,
@@ -341,3 +342,22 @@ class FakeImageIO:
         writer = MemoryWriter(size)
         yield writer
         self.outputs[path] = bytes(writer.data)
+
+
+class MemoryLocks:
+    """HostLocks in memory: ``held`` maps each held key to what holds it."""
+
+    def __init__(self) -> None:
+        self.held: dict[str, str] = {}
+        self.history: list[str] = []
+
+    @contextlib.contextmanager
+    def hold(self, key: str, what: str) -> Iterator[None]:
+        if key in self.held:
+            raise LockedError(f"cannot start {what}: {self.held[key]} is running on this host")
+        self.held[key] = what
+        self.history.append(what)
+        try:
+            yield
+        finally:
+            del self.held[key]

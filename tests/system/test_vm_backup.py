@@ -259,7 +259,11 @@ def test_second_backup_is_refused_and_sigkill_is_cleaned_up(
         _wait_for_job()
         second = run_vmkeep(env, "backup", VM, check=False)
         assert second.returncode == 15, second.stderr
-        assert "already running" in second.stderr
+        assert f"a backup of {VM!r}" in second.stderr and "is running" in second.stderr
+        # Snapshots share the VM's lock: a block job must not start under a backup job.
+        snap = run_vmkeep(env, "snapshot", "create", VM, check=False)
+        assert snap.returncode == 15, snap.stderr
+        assert f"a backup of {VM!r}" in snap.stderr
     finally:
         import os
 

@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.fakes import FakeHypervisor
+from tests.fakes import FakeHypervisor, MemoryLocks
 from vmkeep.domain.errors import (
     AlreadyExistsError,
     GuestAgentError,
     HypervisorError,
+    LockedError,
     NotFoundError,
     StoreFullError,
     UsageError,
@@ -34,6 +35,7 @@ class AgentHypervisor(FakeHypervisor):
         super().__init__()
         self.events: list[tuple[str, str]] = []
         self.hanging: set[str] = set()
+        self.locks = MemoryLocks()
 
     def freeze_filesystems(self, name: str, timeout: int) -> int:
         self.events.append(("freeze", name))
@@ -70,8 +72,8 @@ def hv() -> AgentHypervisor:
     return fake
 
 
-def create(hv: FakeHypervisor, names: Sequence[str], **options: object):  # type: ignore[no-untyped-def]
-    return create_snapshots(hv, names, SnapshotOptions(**options), now=NOW)  # type: ignore[arg-type]
+def create(hv: AgentHypervisor, names: Sequence[str], **options: object):  # type: ignore[no-untyped-def]
+    return create_snapshots(hv, hv.locks, names, SnapshotOptions(**options), now=NOW)  # type: ignore[arg-type]
 
 
 def test_a_snapshot_is_quiesced_when_the_agent_answers(hv: AgentHypervisor) -> None:
@@ -201,25 +203,29 @@ def test_an_existing_name_is_refused(hv: AgentHypervisor) -> None:
 def test_revert_states_follow_the_snapshot_and_the_vm(hv: AgentHypervisor) -> None:
     create(hv, ["web"], name="disk")
     create(hv, ["web"], name="mem", memory=True)
-    assert revert_snapshot(hv, "web", "mem").state is RevertState.RUNNING
-    assert revert_snapshot(hv, "web", "disk").state is RevertState.RUNNING  # it was running
+    assert revert_snapshot(hv, hv.locks, "web", "mem").state is RevertState.RUNNING
+    assert (
+        revert_snapshot(hv, hv.locks, "web", "disk").state is RevertState.RUNNING
+    )  # it was running
     hv.stop_vm("web")
-    assert revert_snapshot(hv, "web", "disk").state is RevertState.SHUTOFF
-    assert revert_snapshot(hv, "web", "disk", RevertState.PAUSED).state is RevertState.PAUSED
+    assert revert_snapshot(hv, hv.locks, "web", "disk").state is RevertState.SHUTOFF
+    assert (
+        revert_snapshot(hv, hv.locks, "web", "disk", RevertState.PAUSED).state is RevertState.PAUSED
+    )
     with pytest.raises(UsageError, match="running or paused"):
-        revert_snapshot(hv, "web", "mem", RevertState.SHUTOFF)
+        revert_snapshot(hv, hv.locks, "web", "mem", RevertState.SHUTOFF)
 
 
 def test_revert_refuses_a_missing_snapshot_and_a_changed_layout(hv: AgentHypervisor) -> None:
     create(hv, ["db"], name="one")
     with pytest.raises(NotFoundError, match=r"no snapshot named 'two' \(it has: 'one'\)"):
-        revert_snapshot(hv, "db", "two")
+        revert_snapshot(hv, hv.locks, "db", "two")
     fake_vm = hv._vm("db")
     fake_vm.spec = VmSpec(
         "db", 256 << 20, 1, "/k", "/i", "", (*fake_vm.spec.disks, DiskSpec("vdb", "/new.qcow2"))
     )
     with pytest.raises(UsageError, match="vdb was added after the snapshot"):
-        revert_snapshot(hv, "db", "one")
+        revert_snapshot(hv, hv.locks, "db", "one")
 
 
 def test_delete_and_list_keep_the_tree(hv: AgentHypervisor) -> None:
@@ -229,11 +235,30 @@ def test_delete_and_list_keep_the_tree(hv: AgentHypervisor) -> None:
     (listing,) = list_snapshots(hv, "web")
     assert [(e.snapshot.name, e.depth) for e in listing.entries] == [("a", 0), ("b", 1), ("c", 2)]
     assert [c.target for c in listing.chains] == ["vda", "vdb"]
-    result = delete_snapshot(hv, "web", "b")
+    result = delete_snapshot(hv, hv.locks, "web", "b")
     assert result.snapshot == "b"
     (listing,) = list_snapshots(hv, "web")
     assert [(e.snapshot.name, e.depth) for e in listing.entries] == [("a", 0), ("c", 1)]
-    assert delete_snapshot(hv, "web", "c").deletion.removed[0].endswith(".mem")
+    assert delete_snapshot(hv, hv.locks, "web", "c").deletion.removed[0].endswith(".mem")
     with pytest.raises(NotFoundError):
-        delete_snapshot(hv, "web", "c")
+        delete_snapshot(hv, hv.locks, "web", "c")
     assert [v.vm for v in list_snapshots(hv)] == ["web"]  # only VMs that have snapshots
+
+
+def test_snapshot_operations_hold_the_vms_host_lock(hv: AgentHypervisor) -> None:
+    """Backups and snapshot operations of a VM share its lock: nothing starts while one runs,
+    and nothing is changed by the refused operation."""
+    create(hv, ["web"], name="a")
+    web = hv.get_vm("web").uuid
+    with hv.locks.hold(web, "a backup of 'web'"):
+        with pytest.raises(LockedError, match="a backup of 'web' is running"):
+            create(hv, ["db", "web"], name="b")
+        with pytest.raises(LockedError):
+            revert_snapshot(hv, hv.locks, "web", "a")
+        with pytest.raises(LockedError):
+            delete_snapshot(hv, hv.locks, "web", "a")
+        assert [s.name for s in hv.list_snapshots("web")] == ["a"]
+        assert hv.list_snapshots("db") == []  # the group did not start at all
+    assert hv.locks.held == {}
+    delete_snapshot(hv, hv.locks, "web", "a")
+    assert "a snapshot deletion of 'web'" in hv.locks.history

@@ -79,7 +79,9 @@ def create(
         freeze_timeout=freeze_timeout,
     )
     with services_for(ctx) as services:
-        result = create_snapshots(services.hypervisor(), vms, options, now=datetime.now(UTC))
+        result = create_snapshots(
+            services.hypervisor(), services.host_locks(), vms, options, now=datetime.now(UTC)
+        )
     if as_json:
         print_json(_creation_json(result))
         return
@@ -245,7 +247,7 @@ def revert(
         raise typer.BadParameter("give --running or --paused, not both", param_hint="--running")
     wanted = RevertState.RUNNING if running else RevertState.PAUSED if paused else None
     with services_for(ctx) as services:
-        result = revert_use_case(services.hypervisor(), vm, name, wanted)
+        result = revert_use_case(services.hypervisor(), services.host_locks(), vm, name, wanted)
     if as_json:
         print_json(_revert_json(result))
         return
@@ -276,7 +278,7 @@ def delete(
 ) -> None:
     """Delete a snapshot, merging its data into the chain (the VM may keep running)."""
     with services_for(ctx) as services:
-        result = delete_use_case(services.hypervisor(), vm, name)
+        result = delete_use_case(services.hypervisor(), services.host_locks(), vm, name)
     if as_json:
         print_json(_delete_json(result))
         return

@@ -1,5 +1,10 @@
 """HostLocks over flock(2): per-VM locks that the kernel releases when the holder dies, so a
-SIGKILLed backup never blocks the next one, and a running one always blocks a second."""
+SIGKILLed backup never blocks the next one, and a running one always blocks a second.
+
+Backups and snapshot operations of one VM share its lock (a block commit and a backup job on
+the same disks would fail each other half-way). The holder writes what it is doing into the
+lock file, so whoever finds the lock taken can say what holds it.
+"""
 
 from __future__ import annotations
 
@@ -26,7 +31,21 @@ class FileLocks:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise LockedError(f"{what} is already running on this host") from None
+                holder = _read_holder(fd)
+                raise LockedError(
+                    f"cannot start {what}: {holder or 'another vmkeep command'} is running "
+                    "on this host"
+                ) from None
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{what} (pid {os.getpid()})\n".encode(), 0)
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+
+def _read_holder(fd: int) -> str:
+    """What the holder wrote; empty if it has not written yet (it may be just starting)."""
+    try:
+        return os.pread(fd, 4096, 0).decode(errors="replace").strip()
+    except OSError:
+        return ""

@@ -20,7 +20,7 @@ from vmkeep.domain.snapshots import (
     layout_changes,
     snapshot_disks,
 )
-from vmkeep.ports import Hypervisor
+from vmkeep.ports import HostLocks, Hypervisor
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,15 +71,28 @@ def revert_state(vm: VmInfo, snapshot: Snapshot, wanted: RevertState | None) -> 
 
 
 def revert_snapshot(
-    hv: Hypervisor, vm_name: str, name: str, wanted: RevertState | None = None
+    hv: Hypervisor,
+    locks: HostLocks,
+    vm_name: str,
+    name: str,
+    wanted: RevertState | None = None,
 ) -> RevertResult:
     """Bring ``vm_name`` back to snapshot ``name`` (see ports.Hypervisor.revert_snapshot).
 
     Raises NotFoundError for an unknown snapshot, UsageError for an internal snapshot, for a
     VM whose disks changed since the snapshot (one added or removed), and for
-    ``wanted=SHUTOFF`` with a memory snapshot. Nothing has changed when it refuses.
+    ``wanted=SHUTOFF`` with a memory snapshot, LockedError while a backup or another
+    snapshot operation of the VM runs. Nothing has changed when it refuses.
     """
     vm = hv.get_vm(vm_name)
+    with locks.hold(vm.uuid, f"a revert of {vm_name!r}"):
+        return _revert_locked(hv, hv.get_vm(vm_name), name, wanted)
+
+
+def _revert_locked(
+    hv: Hypervisor, vm: VmInfo, name: str, wanted: RevertState | None
+) -> RevertResult:
+    vm_name = vm.name
     snapshot = find_snapshot(hv, vm_name, name)
     if not snapshot.external:
         raise UsageError(f"{name!r} is an internal snapshot; vmkeep reverts external ones only")
@@ -98,13 +111,16 @@ def revert_snapshot(
     return RevertResult(vm_name, name, snapshot.kind, state, seconds, round(downtime, 3))
 
 
-def delete_snapshot(hv: Hypervisor, vm_name: str, name: str) -> DeleteResult:
+def delete_snapshot(hv: Hypervisor, locks: HostLocks, vm_name: str, name: str) -> DeleteResult:
     """Delete snapshot ``name`` of ``vm_name``, merging its data away (see
-    ports.Hypervisor.delete_snapshot). Raises NotFoundError for an unknown snapshot and
-    UsageError for an internal one."""
-    snapshot = find_snapshot(hv, vm_name, name)
-    if not snapshot.external:
-        raise UsageError(f"{name!r} is an internal snapshot; vmkeep deletes external ones only")
-    started = time.monotonic()
-    deletion = hv.delete_snapshot(vm_name, name)
-    return DeleteResult(vm_name, name, deletion, round(time.monotonic() - started, 3))
+    ports.Hypervisor.delete_snapshot), holding the VM's host lock. Raises NotFoundError for an
+    unknown snapshot, UsageError for an internal one, LockedError while a backup or another
+    snapshot operation of the VM runs."""
+    vm = hv.get_vm(vm_name)
+    with locks.hold(vm.uuid, f"a snapshot deletion of {vm_name!r}"):
+        snapshot = find_snapshot(hv, vm_name, name)
+        if not snapshot.external:
+            raise UsageError(f"{name!r} is an internal snapshot; vmkeep deletes external ones only")
+        started = time.monotonic()
+        deletion = hv.delete_snapshot(vm_name, name)
+        return DeleteResult(vm_name, name, deletion, round(time.monotonic() - started, 3))

@@ -47,7 +47,7 @@ from vmkeep.domain.snapshots import (
     tree_order,
     validate_snapshot_name,
 )
-from vmkeep.ports import Hypervisor
+from vmkeep.ports import HostLocks, Hypervisor
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,15 @@ class _Member:
 
 
 def create_snapshots(
-    hv: Hypervisor, names: Sequence[str], options: SnapshotOptions, *, now: datetime
+    hv: Hypervisor,
+    locks: HostLocks,
+    names: Sequence[str],
+    options: SnapshotOptions,
+    *,
+    now: datetime,
 ) -> SnapshotCreation:
-    """Snapshot ``names`` at one consistency point.
+    """Snapshot ``names`` at one consistency point, holding each VM's host lock (shared with
+    backups and the other snapshot operations: LockedError if one runs).
 
     Raises UsageError for bad input (no VM, a VM named twice, a bad snapshot name, memory of
     a shut-off VM, a disk vmkeep cannot put an overlay on), AlreadyExistsError if a member
@@ -122,20 +128,25 @@ def create_snapshots(
         )
     name = options.name if options.name is not None else default_snapshot_name(now)
     validate_snapshot_name(name)
-    members = [_Member(hv.get_vm(vm)) for vm in names]
-    group = secrets.token_hex(4) if len(members) > 1 else None
-    for member in members:
-        _plan(member, name, options, now, group, names)
-    _check_space(hv, members)
-    started = time.monotonic()
-    taken: list[CreatedSnapshot] = []
-    try:
-        with _frozen(hv, members, options.freeze_timeout):
-            for member in members:
-                taken.append(_take(hv, member, name))
-    except BaseException:
-        _roll_back(hv, [t.snapshot.vm for t in taken], name)
-        raise
+    with contextlib.ExitStack() as held:
+        vms = [hv.get_vm(vm) for vm in names]
+        for vm in vms:
+            held.enter_context(locks.hold(vm.uuid, f"a snapshot of {vm.name!r}"))
+        members = [_Member(hv.get_vm(vm.name)) for vm in vms]  # as they are once locked
+        group = secrets.token_hex(4) if len(members) > 1 else None
+        for member in members:
+            _plan(member, name, options, now, group, names)
+        _check_space(hv, members)
+        started = time.monotonic()
+        taken: list[CreatedSnapshot] = []
+        try:
+            with _frozen(hv, members, options.freeze_timeout):
+                for member in members:
+                    taken.append(_take(hv, member, name))
+        except BaseException:
+            _roll_back(hv, [t.snapshot.vm for t in taken], name)
+            raise
+        frozen_seconds = round(time.monotonic() - started, 3)
     # Warnings and the quiesced flag are final only once everything is thawed.
     done = tuple(
         dataclasses.replace(t, quiesced=m.frozen, warnings=tuple(m.warnings))
@@ -145,7 +156,7 @@ def create_snapshots(
     return SnapshotCreation(
         snapshots=done,
         group=group,
-        frozen_seconds=round(time.monotonic() - started, 3) if froze else None,
+        frozen_seconds=frozen_seconds if froze else None,
     )
 
 

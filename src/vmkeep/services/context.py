@@ -7,12 +7,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vmkeep.domain.errors import VmkeepError
+from vmkeep.drivers.host_locks import FileLocks
 from vmkeep.drivers.lab_guest import BusyboxGuestBuilder
 from vmkeep.drivers.libvirt_hypervisor import LibvirtHypervisor
 from vmkeep.drivers.qemu_img import QemuImgTool
 from vmkeep.drivers.system_clock import SystemClock
 from vmkeep.engine.lab import LabDeps
-from vmkeep.ports import Hypervisor, Progress
+from vmkeep.ports import HostLocks, Hypervisor, Progress
 from vmkeep.services.config import Settings
 
 
@@ -28,6 +29,10 @@ class Services:
         if self._hypervisor is None:
             self._hypervisor = LibvirtHypervisor(self.settings.uri)
         return self._hypervisor
+
+    def host_locks(self) -> HostLocks:
+        """The per-VM locks that backups and snapshot operations on this host share."""
+        return host_locks(self.settings)
 
     def lab_deps(self, progress: Progress) -> LabDeps:
         """Everything the lab use cases need."""
@@ -45,6 +50,11 @@ class Services:
             with contextlib.suppress(VmkeepError):
                 self._hypervisor.close()
             self._hypervisor = None
+
+
+def host_locks(settings: Settings) -> HostLocks:
+    """Per-VM locks in the state directory (see drivers/host_locks.py)."""
+    return FileLocks(settings.data_dir / "locks")
 
 
 @contextlib.contextmanager

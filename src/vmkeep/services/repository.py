@@ -15,7 +15,6 @@ from vmkeep.backends.wrappers import RateLimitedStore, RetryingStore
 from vmkeep.domain.errors import UsageError
 from vmkeep.drivers.allocator import tune_for_large_buffers
 from vmkeep.drivers.hooks import CommandHooks
-from vmkeep.drivers.host_locks import FileLocks
 from vmkeep.drivers.nbd_image import QemuImageIO
 from vmkeep.engine.image_backup import RepoSession
 from vmkeep.engine.vm_backup import VmBackupDeps
@@ -31,6 +30,7 @@ from vmkeep.repository.repo import (
     validate_init_options,
 )
 from vmkeep.services.config import Settings
+from vmkeep.services.context import host_locks
 from vmkeep.services.passwords import read_password
 
 
@@ -134,7 +134,7 @@ def vm_backup_deps(
     return VmBackupDeps(
         session=session,
         hypervisor=hypervisor,
-        host_locks=FileLocks(settings.data_dir / "locks"),
+        host_locks=host_locks(settings),
         hooks=CommandHooks(settings.hooks),
         jobs_dir=settings.data_dir / "jobs",
     )
