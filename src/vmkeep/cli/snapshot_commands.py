@@ -10,6 +10,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
+from vmkeep.cli import snapshot_upkeep_commands
 from vmkeep.cli.output import escape, print_json, stdout
 from vmkeep.cli.repo_options import QuiesceOption
 from vmkeep.cli.state import services_for
@@ -298,3 +299,7 @@ def _delete_json(result: DeleteResult) -> dict[str, Any]:
         "removed": list(result.deletion.removed),
         "seconds": result.seconds,
     }
+
+
+app.command("prune")(snapshot_upkeep_commands.prune)
+app.command("usage")(snapshot_upkeep_commands.usage)
