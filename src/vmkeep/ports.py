@@ -6,7 +6,7 @@ implementation passes. Only ``vmkeep.services`` picks the concrete implementatio
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Protocol
@@ -194,6 +194,16 @@ class Hooks(Protocol):
     def run(self, phase: str, vm: str, backup_id: str) -> None:
         """Run the ``phase`` (``pre``: before the freeze, ``post``: after the thaw) command,
         if one is configured. Raises HookError if it fails or times out."""
+        ...
+
+
+class CommandRunner(Protocol):
+    """Runs an administrator's host-side command (an argv, never through a shell)."""
+
+    def run(self, argv: Sequence[str], env: Mapping[str, str], timeout: float) -> ExecResult:
+        """Run ``argv`` with ``env`` added to vmkeep's environment, wait at most ``timeout``
+        seconds, and return its exit code and output. Raises ToolError when it cannot be
+        started or does not finish in time (it is killed then)."""
         ...
 
 

@@ -15,6 +15,7 @@ from vmkeep.cli import (
     lab_commands,
     repo_commands,
     snapshot_commands,
+    try_commands,
     vm_backup_commands,
     vm_commands,
 )
@@ -38,6 +39,7 @@ app.command("restore")(vm_backup_commands.restore_command)
 app.command("backup-image")(backup_commands.backup_image_command)
 app.command("restore-image")(backup_commands.restore_image_command)
 app.command("list")(backup_commands.list_command)
+app.command("try")(try_commands.try_command)
 
 
 def _version(value: bool) -> None:

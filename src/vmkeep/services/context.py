@@ -7,12 +7,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from vmkeep.domain.errors import VmkeepError
+from vmkeep.drivers.host_commands import SubprocessRunner
 from vmkeep.drivers.host_locks import FileLocks
 from vmkeep.drivers.lab_guest import BusyboxGuestBuilder
 from vmkeep.drivers.libvirt_hypervisor import LibvirtHypervisor
 from vmkeep.drivers.qemu_img import QemuImgTool
 from vmkeep.drivers.system_clock import SystemClock
 from vmkeep.engine.lab import LabDeps
+from vmkeep.engine.try_change import TryDeps
 from vmkeep.ports import HostLocks, Hypervisor, Progress
 from vmkeep.services.config import Settings
 
@@ -33,6 +35,15 @@ class Services:
     def host_locks(self) -> HostLocks:
         """The per-VM locks that backups and snapshot operations on this host share."""
         return host_locks(self.settings)
+
+    def try_deps(self) -> TryDeps:
+        """Everything ``vmkeep try`` needs."""
+        return TryDeps(
+            hypervisor=self.hypervisor(),
+            locks=self.host_locks(),
+            runner=SubprocessRunner(),
+            clock=SystemClock(),
+        )
 
     def lab_deps(self, progress: Progress) -> LabDeps:
         """Everything the lab use cases need."""
