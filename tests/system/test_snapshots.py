@@ -395,6 +395,98 @@ def test_a_member_failing_mid_group_leaves_every_vm_as_it_was(
     assert guest(env, "echo alive", PEER).strip() == "alive"
 
 
+def test_usage_reports_and_prune_deletes_by_policy(env: dict[str, str], vm: dict[str, Any]) -> None:
+    vm_dir = Path(vm["lab_dir"])
+    snapshot(env, "create", VM, "--name", "short-lived", "--expire", "1s")
+    snapshot(env, "create", VM, "--name", "middle")
+    snapshot(env, "create", VM, "--name", "newest")
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=8 seek=4 conv=fsync 2>/dev/null")
+    data = md5s(env)
+    time.sleep(2)  # short-lived expires; every snapshot is older than 1 s
+    usage = json.loads(
+        run_vmkeep(env, "snapshot", "usage", "--max-age", "1s", "--max-chain", "2", "--json").stdout
+    )
+    (ours,) = [v for v in usage["vms"] if v["vm"] == VM]
+    assert ours["snapshots"] == 3 and ours["longest_chain"] == 3
+    assert ours["active_bytes"] >= 8 * MiB  # the guest's writes since "newest"
+    assert ours["growth_bytes_per_hour"] > 0
+    (fs,) = [f for f in usage["filesystems"] if VM in f["vms"]]
+    assert fs["free_bytes"] > 0 and fs["overlay_bytes"] >= ours["active_bytes"]
+    assert fs["fills_in_hours"] is not None and fs["fills_in_hours"] > 0
+    warnings = "\n".join(usage["warnings"])
+    for name in ("short-lived", "middle", "newest"):
+        assert f"snapshot {name!r} is" in warnings
+    assert f"{VM}: a disk has 3 images below its active one (policy: 2)" in warnings
+    # A dry run names what the policy selects and changes nothing.
+    planned = snapshot(env, "prune", VM, "--expired", "--dry-run")
+    assert [(p["snapshot"], p["deleted"]) for p in planned["snapshots"]] == [("short-lived", False)]
+    assert snapshot_names() == {"short-lived", "middle", "newest"}
+    pruned = snapshot(env, "prune", VM, "--expired")
+    assert [(p["snapshot"], p["deleted"]) for p in pruned["snapshots"]] == [("short-lived", True)]
+    assert snapshot_names() == {"middle", "newest"}
+    pruned = snapshot(env, "prune", VM, "--keep-last", "1")
+    assert [p["snapshot"] for p in pruned["snapshots"]] == ["middle"]
+    assert snapshot_names() == {"newest"}
+    assert md5s(env) == data  # merging changed nothing the guest sees
+    assert_no_strays(vm_dir)
+    snapshot(env, "delete", VM, "newest")
+    assert snapshot(env, "prune", VM, "--keep-last", "0")["snapshots"] == []
+
+
+def test_try_keeps_a_good_change_and_reverts_a_bad_one(
+    env: dict[str, str], vm: dict[str, Any]
+) -> None:
+    vm_dir = Path(vm["lab_dir"])
+    change = "dd if=/dev/urandom of=/dev/vdb bs=1M count=1 seek=30 conv=fsync 2>/dev/null"
+    before = md5s(env)
+    kept = json.loads(
+        run_vmkeep(
+            env,
+            "try",
+            VM,
+            "--in-guest",
+            "--check-in-guest",
+            "--check",
+            "test -b /dev/vdb",
+            "--json",
+            "--",
+            "sh",
+            "-c",
+            change,
+        ).stdout
+    )
+    assert kept["outcome"] == "kept" and kept["change"]["ok"] and kept["check"]["ok"]
+    after_good = md5s(env)
+    assert after_good != before
+    assert snapshot_names() == set() and kept["cleanup_error"] is None
+    assert_no_strays(vm_dir)
+    # A memory snapshot and a failing host-side check: the guest's disk and RAM go back.
+    guest(env, "echo before-change > /tmp/state")
+    bad = run_vmkeep(
+        env,
+        "try",
+        VM,
+        "--memory",
+        "--in-guest",
+        "--check",
+        "false",
+        "--json",
+        "--",
+        "sh",
+        "-c",
+        change + "; echo changed > /tmp/state",
+        check=False,
+    )
+    assert bad.returncode == 1, bad.stderr
+    result = json.loads(bad.stdout)
+    assert result["outcome"] == "reverted" and result["check"]["exit_code"] == 1
+    assert virsh("domstate", VM).stdout.strip() == "running"
+    assert guest(env, "cat /tmp/state").strip() == "before-change"
+    assert md5s(env) == after_good
+    assert snapshot_names() == set()
+    assert_no_strays(vm_dir)
+
+
 def write_pattern(image: str, pattern: int, offset_mib: int) -> None:
     """Write 1 MiB of ``pattern`` into an image no QEMU has open (the VM is shut off)."""
     command = f"write -P {pattern:#x} {offset_mib}M 1M"
