@@ -371,6 +371,31 @@ def test_a_group_is_one_consistency_point(
         assert snapshot_names(name) == set()
 
 
+def test_reverting_a_group_snapshot_reverts_every_member(
+    env: dict[str, str], vm: dict[str, Any], peer: dict[str, Any]
+) -> None:
+    before = {name: md5s(env, name) for name in (VM, PEER)}
+    snapshot(env, "create", VM, PEER, "--name", "group-mem", "--memory")
+    for name in (VM, PEER):
+        guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=1 seek=3 conv=fsync", name)
+        assert md5s(env, name) != before[name]
+    result = snapshot(env, "revert", PEER, "group-mem")
+    assert result["group"] is not None and result["vm"] == PEER
+    assert [m["vm"] for m in result["members"]] == [VM, PEER]
+    for name in (VM, PEER):
+        assert virsh("domstate", name).stdout.strip() == "running"
+        assert md5s(env, name) == before[name]
+    # --member-only reverts just the one VM.
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=1 seek=3 conv=fsync", PEER)
+    changed = md5s(env, PEER)
+    only = snapshot(env, "revert", VM, "group-mem", "--member-only")
+    assert only["group"] is None and [m["vm"] for m in only["members"]] == [VM]
+    assert md5s(env, PEER) == changed
+    for name in (VM, PEER):
+        snapshot(env, "delete", name, "group-mem")
+        assert snapshot_names(name) == set()
+
+
 def test_a_member_failing_mid_group_leaves_every_vm_as_it_was(
     env: dict[str, str], vm: dict[str, Any], peer: dict[str, Any]
 ) -> None:

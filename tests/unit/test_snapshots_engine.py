@@ -4,6 +4,7 @@ refusals, revert states, the list."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,13 @@ from vmkeep.domain.errors import (
 )
 from vmkeep.domain.snapshots import RevertState, SnapshotKind
 from vmkeep.domain.vmspec import DiskSpec, VmSpec
-from vmkeep.engine.snapshot_history import delete_snapshot, revert_snapshot
+from vmkeep.engine.snapshot_history import (
+    PartialRevertError,
+    delete_snapshot,
+    group_of,
+    revert_group,
+    revert_snapshot,
+)
 from vmkeep.engine.snapshots import SnapshotOptions, create_snapshots, list_snapshots
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -262,3 +269,39 @@ def test_snapshot_operations_hold_the_vms_host_lock(hv: AgentHypervisor) -> None
     assert hv.locks.held == {}
     delete_snapshot(hv, hv.locks, "web", "a")
     assert "a snapshot deletion of 'web'" in hv.locks.history
+
+
+def test_a_group_reverts_together_after_checking_every_member(hv: AgentHypervisor) -> None:
+    result = create(hv, ["web", "db"], name="g")
+    assert group_of(hv, "db", "g") == (result.group, ("web", "db"))
+    create(hv, ["web"], name="alone")
+    assert group_of(hv, "web", "alone") is None
+    with pytest.raises(UsageError, match="not taken as part of a group"):
+        revert_group(hv, hv.locks, "web", "alone")
+    reverted = revert_group(hv, hv.locks, "db", "g")
+    assert [r.vm for r in reverted.results] == ["web", "db"]  # the group's order
+    assert all(s.current == (s.name == "g") for s in hv.list_snapshots("web"))
+    # A member whose disks changed stops the whole group before anything happens.
+    fake_db = hv._vm("db")
+    fake_db.spec = replace(fake_db.spec, disks=(*fake_db.spec.disks, DiskSpec("vdz", "/z")))
+    create(hv, ["web"], name="later")
+    with pytest.raises(UsageError, match="vdz was added"):
+        revert_group(hv, hv.locks, "web", "g")
+    assert next(s for s in hv.list_snapshots("web") if s.current).name == "later"
+
+
+def test_a_group_revert_failing_part_way_says_who_was_reverted(hv: AgentHypervisor) -> None:
+    create(hv, ["web", "db"], name="g")
+
+    def broken(name: str, snapshot: str, state: RevertState) -> float:
+        raise HypervisorError("restoring the memory failed")
+
+    original = hv.revert_snapshot
+    hv.revert_snapshot = lambda name, snapshot, state: (  # type: ignore[method-assign]
+        broken(name, snapshot, state) if name == "db" else original(name, snapshot, state)
+    )
+    with pytest.raises(PartialRevertError) as failed:
+        revert_group(hv, hv.locks, "web", "g")
+    assert "reverted: 'web'; not reverted: none" in str(failed.value)
+    assert failed.value.exit_code == HypervisorError.exit_code
+    assert hv.locks.held == {}

@@ -24,7 +24,12 @@ from vmkeep.domain.snapshots import (
     parse_duration,
 )
 from vmkeep.domain.units import format_size
-from vmkeep.engine.snapshot_history import DeleteResult, RevertResult
+from vmkeep.engine.snapshot_history import (
+    DeleteResult,
+    RevertResult,
+    group_of,
+    revert_group,
+)
 from vmkeep.engine.snapshot_history import delete_snapshot as delete_use_case
 from vmkeep.engine.snapshot_history import revert_snapshot as revert_use_case
 from vmkeep.engine.snapshots import (
@@ -239,24 +244,42 @@ def revert(
     name: Annotated[str, typer.Argument(help="The snapshot to go back to.")],
     running: Annotated[bool, typer.Option("--running", help="Leave the VM running.")] = False,
     paused: Annotated[bool, typer.Option("--paused", help="Leave the VM paused.")] = False,
+    member_only: Annotated[
+        bool,
+        typer.Option(
+            "--member-only", help="For a group snapshot: revert only this VM, not the group."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Bring the VM back to a snapshot: its disks, and for a memory snapshot its RAM and
-    running processes. Later snapshots stay. Default: a memory snapshot resumes as it was
-    taken; a disk-only one boots if the VM was running."""
+    running processes. Later snapshots stay. A snapshot taken as a consistency group reverts
+    every member. Default: a memory snapshot resumes as it was taken; a disk-only one boots
+    if the VM was running."""
     if running and paused:
         raise typer.BadParameter("give --running or --paused, not both", param_hint="--running")
     wanted = RevertState.RUNNING if running else RevertState.PAUSED if paused else None
     with services_for(ctx) as services:
-        result = revert_use_case(services.hypervisor(), services.host_locks(), vm, name, wanted)
+        hv, locks = services.hypervisor(), services.host_locks()
+        if not member_only and group_of(hv, vm, name) is not None:
+            grouped = revert_group(hv, locks, vm, name, wanted)
+            results, group = list(grouped.results), grouped.group
+        else:
+            results, group = [revert_use_case(hv, locks, vm, name, wanted)], None
     if as_json:
-        print_json(_revert_json(result))
+        mine = next(r for r in results if r.vm == vm)
+        print_json(
+            {**_revert_json(mine), "group": group, "members": [_revert_json(r) for r in results]}
+        )
         return
-    stdout.print(
-        f"[bold]{escape(result.vm)}[/]: reverted to {escape(result.snapshot)!r} "
-        f"({result.kind.value}) in {result.seconds:.2f} s (down {result.downtime:.2f} s); "
-        f"now {result.state.value}"
-    )
+    for result in results:
+        stdout.print(
+            f"[bold]{escape(result.vm)}[/]: reverted to {escape(result.snapshot)!r} "
+            f"({result.kind.value}) in {result.seconds:.2f} s (down {result.downtime:.2f} s); "
+            f"now {result.state.value}"
+        )
+    if group:
+        stdout.print(f"consistency group {group}: {len(results)} VMs reverted")
 
 
 def _revert_json(result: RevertResult) -> dict[str, Any]:

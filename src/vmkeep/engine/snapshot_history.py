@@ -7,10 +7,11 @@ disk layout) here.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
-from vmkeep.domain.errors import NotFoundError, UsageError
+from vmkeep.domain.errors import NotFoundError, UsageError, VmkeepError
 from vmkeep.domain.inventory import VmInfo, VmState
 from vmkeep.domain.snapshots import (
     RevertState,
@@ -86,12 +87,88 @@ def revert_snapshot(
     """
     vm = hv.get_vm(vm_name)
     with locks.hold(vm.uuid, f"a revert of {vm_name!r}"):
-        return _revert_locked(hv, hv.get_vm(vm_name), name, wanted)
+        plan = _plan_revert(hv, hv.get_vm(vm_name), name, wanted)
+        return _revert(hv, plan)
 
 
-def _revert_locked(
-    hv: Hypervisor, vm: VmInfo, name: str, wanted: RevertState | None
-) -> RevertResult:
+@dataclass(frozen=True, slots=True)
+class GroupRevert:
+    """The members of consistency group ``group`` reverted to ``snapshot``, in order."""
+
+    group: str
+    snapshot: str
+    results: tuple[RevertResult, ...]
+
+
+class PartialRevertError(VmkeepError):
+    """A group revert failed part-way: some members are back at the snapshot, some not."""
+
+
+def group_of(hv: Hypervisor, vm_name: str, name: str) -> tuple[str, tuple[str, ...]] | None:
+    """The consistency group snapshot ``name`` of ``vm_name`` belongs to, and its members;
+    None when it was taken alone."""
+    facts = find_snapshot(hv, vm_name, name).facts
+    if facts is None or facts.group is None or len(facts.members) < 2:
+        return None
+    return facts.group, facts.members
+
+
+def revert_group(
+    hv: Hypervisor,
+    locks: HostLocks,
+    vm_name: str,
+    name: str,
+    wanted: RevertState | None = None,
+) -> GroupRevert:
+    """Revert every member of the group snapshot ``name`` of ``vm_name`` belongs to.
+
+    Every member is checked first (its snapshot exists and belongs to the same group, its
+    disks did not change, its lock is free): a refusal changes nothing. Members are then
+    reverted in the group's order; if one fails, PartialRevertError names which members were
+    reverted and which were not (with the exit code of the failure).
+    """
+    found = group_of(hv, vm_name, name)
+    if found is None:
+        raise UsageError(f"snapshot {name!r} of {vm_name!r} was not taken as part of a group")
+    group, members = found
+    with contextlib.ExitStack() as held:
+        plans = []
+        for member in members:
+            vm = hv.get_vm(member)
+            held.enter_context(locks.hold(vm.uuid, f"a group revert of {member!r}"))
+            plan = _plan_revert(hv, hv.get_vm(member), name, wanted)
+            theirs = plan.snapshot.facts.group if plan.snapshot.facts else None
+            if theirs != group:
+                raise UsageError(
+                    f"snapshot {name!r} of {member!r} is not part of group {group}; "
+                    "refusing to revert the group"
+                )
+            plans.append(plan)
+        results: list[RevertResult] = []
+        for plan in plans:
+            try:
+                results.append(_revert(hv, plan))
+            except VmkeepError as exc:
+                done = ", ".join(repr(r.vm) for r in results) or "none"
+                left = ", ".join(repr(p.vm) for p in plans[len(results) + 1 :]) or "none"
+                failure = PartialRevertError(
+                    f"reverting {plan.vm!r} to {name!r} failed: {exc}; reverted: {done}; "
+                    f"not reverted: {left}"
+                )
+                failure.exit_code = exc.exit_code
+                raise failure from exc
+    return GroupRevert(group, name, tuple(results))
+
+
+@dataclass(frozen=True, slots=True)
+class _RevertPlan:
+    vm: str
+    snapshot: Snapshot
+    state: RevertState
+
+
+def _plan_revert(hv: Hypervisor, vm: VmInfo, name: str, wanted: RevertState | None) -> _RevertPlan:
+    """Every check a revert makes before it changes anything."""
     vm_name = vm.name
     snapshot = find_snapshot(hv, vm_name, name)
     if not snapshot.external:
@@ -105,10 +182,16 @@ def _revert_locked(
     state = revert_state(vm, snapshot, wanted)
     if snapshot.kind is SnapshotKind.MEMORY and state is RevertState.SHUTOFF:
         raise UsageError("a memory snapshot reverts to a running or paused VM")
+    return _RevertPlan(vm_name, snapshot, state)
+
+
+def _revert(hv: Hypervisor, plan: _RevertPlan) -> RevertResult:
     started = time.monotonic()
-    downtime = hv.revert_snapshot(vm_name, name, state)
+    downtime = hv.revert_snapshot(plan.vm, plan.snapshot.name, plan.state)
     seconds = round(time.monotonic() - started, 3)
-    return RevertResult(vm_name, name, snapshot.kind, state, seconds, round(downtime, 3))
+    return RevertResult(
+        plan.vm, plan.snapshot.name, plan.snapshot.kind, plan.state, seconds, round(downtime, 3)
+    )
 
 
 def delete_snapshot(hv: Hypervisor, locks: HostLocks, vm_name: str, name: str) -> DeleteResult:
