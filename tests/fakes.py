@@ -217,6 +217,14 @@ class FakeHypervisor:
     def free_space(self, directory: str) -> FreeSpace:
         return FreeSpace(filesystem="/fake", free=getattr(self, "free_bytes", 1 << 40))
 
+    def finish_block_jobs(self, name: str) -> list[str]:
+        self._vm(name)
+        return []
+
+    def remove_stray_files(self, name: str) -> list[str]:
+        self._vm(name)
+        return []
+
 
 class FakeImages:
     """DiskImageTool that writes tiny placeholder files; can be told to fail on the Nth disk."""

@@ -84,8 +84,9 @@ class Hypervisor(Protocol):
         GuestAgentError if the agent is missing, hangs past ``timeout`` s, or refuses."""
         ...
 
-    def thaw_filesystems(self, name: str, timeout: int) -> None:
-        """Thaw what freeze_filesystems froze. Safe to call when nothing is frozen."""
+    def thaw_filesystems(self, name: str, timeout: int) -> int:
+        """Thaw what freeze_filesystems froze and return how many filesystems were frozen.
+        Safe to call when nothing is frozen (returns 0)."""
         ...
 
     def backup_job(self, request: BackupJobRequest) -> AbstractContextManager[BackupExport]:
@@ -155,6 +156,18 @@ class Hypervisor(Protocol):
 
     def free_space(self, directory: str) -> FreeSpace:
         """Free space on the filesystem holding ``directory`` (which must exist)."""
+        ...
+
+    def finish_block_jobs(self, name: str) -> list[str]:
+        """Complete the block commits left running on the VM's disks (an interrupted
+        delete_snapshot; callers hold the VM's lock, so no live vmkeep owns them), pivoting
+        an active commit. Returns what was done, as sentences. Raises HypervisorError for
+        other kinds of block job."""
+        ...
+
+    def remove_stray_files(self, name: str) -> list[str]:
+        """Remove the overlays and memory states vmkeep made for the VM that neither the VM
+        nor any snapshot uses (left by an interrupted create or revert); return them."""
         ...
 
 

@@ -21,7 +21,13 @@ from vmkeep.domain.errors import (
     UsageError,
     VmNotFoundError,
 )
-from vmkeep.domain.snapshots import RevertState, SnapshotKind
+from vmkeep.domain.snapshots import (
+    RevertState,
+    SnapshotFacts,
+    SnapshotKind,
+    SnapshotRequest,
+    encode_facts,
+)
 from vmkeep.domain.vmspec import DiskSpec, VmSpec
 from vmkeep.engine.snapshot_history import (
     PartialRevertError,
@@ -30,6 +36,7 @@ from vmkeep.engine.snapshot_history import (
     revert_group,
     revert_snapshot,
 )
+from vmkeep.engine.snapshot_repair import repair_snapshots
 from vmkeep.engine.snapshots import SnapshotOptions, create_snapshots, list_snapshots
 
 NOW = datetime(2026, 5, 1, 12, 0, 0, tzinfo=UTC)
@@ -42,18 +49,23 @@ class AgentHypervisor(FakeHypervisor):
         super().__init__()
         self.events: list[tuple[str, str]] = []
         self.hanging: set[str] = set()
+        self.frozen: set[str] = set()
         self.locks = MemoryLocks()
 
     def freeze_filesystems(self, name: str, timeout: int) -> int:
         self.events.append(("freeze", name))
         if name in self.hanging:
             raise GuestAgentError(f"guest agent of {name!r} does not answer")
+        self.frozen.add(name)
         return 1
 
-    def thaw_filesystems(self, name: str, timeout: int) -> None:
+    def thaw_filesystems(self, name: str, timeout: int) -> int:
         self.events.append(("thaw", name))
         if name in self.hanging:
             raise GuestAgentError(f"guest agent of {name!r} does not answer")
+        was_frozen = name in self.frozen
+        self.frozen.discard(name)
+        return int(was_frozen)
 
     def create_snapshot(self, name, request):  # type: ignore[no-untyped-def]
         self.events.append(("snapshot", name))
@@ -305,3 +317,28 @@ def test_a_group_revert_failing_part_way_says_who_was_reverted(hv: AgentHypervis
     assert "reverted: 'web'; not reverted: none" in str(failed.value)
     assert failed.value.exit_code == HypervisorError.exit_code
     assert hv.locks.held == {}
+
+
+def test_repair_thaws_finishes_deletes_and_reports_incomplete_groups(hv: AgentHypervisor) -> None:
+    assert repair_snapshots(hv, hv.locks, "web").actions == ()  # nothing to do
+    create(hv, ["web", "db"], name="pair")
+    hv.delete_snapshot("db", "pair")  # as if the group create died before db's part
+    overlays = (("vda", "/vms/web/vda.x.qcow2"), ("vdb", "/vms/web/vdb.x.qcow2"))
+    interrupted = encode_facts(SnapshotFacts(deleting=True))
+    hv.create_snapshot("web", SnapshotRequest("half-deleted", interrupted, overlays))
+    with pytest.raises(UsageError, match="is being deleted"):
+        revert_snapshot(hv, hv.locks, "web", "half-deleted")
+    with pytest.raises(UsageError, match="snapshot repair"):
+        create(hv, ["web"], name="next")
+    hv.freeze_filesystems("web", 5)  # as a create killed between freeze and thaw leaves it
+    result = repair_snapshots(hv, hv.locks, "web")
+    assert result.actions == (
+        "thawed 1 filesystem(s) left frozen",
+        "finished deleting snapshot 'half-deleted' (0 image(s) merged, 0 file(s) removed)",
+    )
+    assert [s.name for s in hv.list_snapshots("web")] == ["pair"]
+    assert result.warnings == (
+        "group snapshot 'pair' is incomplete: 'db' has no part of it (an interrupted group "
+        "create, or deleted since); it cannot be reverted as a group",
+    )
+    create(hv, ["web"], name="next")  # allowed again

@@ -53,8 +53,9 @@ class Recording(FakeHypervisor):
         self.events.append("freeze")
         return 1
 
-    def thaw_filesystems(self, name: str, timeout: int) -> None:
+    def thaw_filesystems(self, name: str, timeout: int) -> int:
         self.events.append("thaw")
+        return 1
 
     def create_snapshot(self, name, request):  # type: ignore[no-untyped-def]
         self.events.append(f"create {request.name}")

@@ -142,6 +142,7 @@ def _snapshot_json(snap: Snapshot, now: int, children: tuple[str, ...] = ()) -> 
         "expires": _iso(facts.expires) if facts else None,
         "expired": snap.expired(now),
         "group": facts.group if facts else None,
+        "deleting": facts.deleting if facts else False,
         "members": list(facts.members) if facts else [],
         "memory_file": snap.memory_file,
         "overlay_bytes": snap.overlay_bytes,
@@ -211,6 +212,8 @@ def _row(entry: TreeEntry, now: int, tree: bool) -> list[str]:
     snap = entry.snapshot
     facts = snap.facts
     label = escape(snap.name) + (" [bold](current)[/]" if snap.current else "")
+    if facts is not None and facts.deleting:
+        label += " [red](being deleted: run snapshot repair)[/]"
     if tree and entry.depth:
         label = "  " * (entry.depth - 1) + "└─ " + label
     if snap.kind is SnapshotKind.MEMORY:
@@ -326,3 +329,4 @@ def _delete_json(result: DeleteResult) -> dict[str, Any]:
 
 app.command("prune")(snapshot_upkeep_commands.prune)
 app.command("usage")(snapshot_upkeep_commands.usage)
+app.command("repair")(snapshot_upkeep_commands.repair)

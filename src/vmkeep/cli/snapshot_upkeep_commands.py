@@ -20,6 +20,7 @@ from vmkeep.domain.snapshot_policy import (
 )
 from vmkeep.domain.snapshots import format_duration, parse_duration
 from vmkeep.domain.units import format_size
+from vmkeep.engine.snapshot_repair import repair_snapshots
 from vmkeep.engine.snapshot_upkeep import (
     PruneOutcome,
     SnapshotUsage,
@@ -196,4 +197,27 @@ def _print_usage(report: SnapshotUsage) -> None:
         )
     stdout.print(filesystems)
     for warning in report.warnings:
+        stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
+def repair(
+    ctx: typer.Context,
+    vm: Annotated[str, typer.Argument(help="The VM.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Finish what an interrupted vmkeep (killed mid-create, -revert or -delete) left: thaw a
+    frozen guest, complete block commits, finish interrupted deletes, remove overlay and
+    memory files nothing uses. Safe to run at any time; does nothing when all is well."""
+    with services_for(ctx) as services:
+        result = repair_snapshots(services.hypervisor(), services.host_locks(), vm)
+    if as_json:
+        print_json(
+            {"vm": result.vm, "actions": list(result.actions), "warnings": list(result.warnings)}
+        )
+        return
+    if not result.actions:
+        stdout.print(f"[bold]{escape(result.vm)}[/]: nothing to repair")
+    for action in result.actions:
+        stdout.print(f"[bold]{escape(result.vm)}[/]: {escape(action)}")
+    for warning in result.warnings:
         stdout.print(f"[yellow]warning:[/] {escape(warning)}")

@@ -51,24 +51,30 @@ class SnapshotFacts:
     so nothing else has to be stored and ``virsh snapshot-dumpxml`` shows it too.
 
     ``expires`` is in seconds since the epoch; ``group`` ties the snapshots that were taken at
-    one consistency point of several VMs (``members``).
+    one consistency point of several VMs (``members``). ``deleting`` is set when a delete
+    starts merging the snapshot's images and stays until its metadata is gone: an interrupted
+    delete leaves it, so the snapshot is never reverted to, and ``snapshot repair`` finishes
+    the delete.
     """
 
     quiesced: bool = False
     expires: int | None = None
     group: str | None = None
     members: tuple[str, ...] = ()
+    deleting: bool = False
 
 
 def encode_facts(facts: SnapshotFacts) -> str:
     """The description text holding ``facts``; ``decode_facts`` reads it back."""
-    payload = {
+    payload: dict[str, object] = {
         "v": FACTS_VERSION,
         "quiesced": facts.quiesced,
         "expires": facts.expires,
         "group": facts.group,
         "members": list(facts.members),
     }
+    if facts.deleting:
+        payload["deleting"] = True
     return DESCRIPTION_PREFIX + json.dumps(payload, sort_keys=True, ensure_ascii=False)
 
 
@@ -95,6 +101,7 @@ def decode_facts(description: str | None) -> SnapshotFacts | None:
         expires=expires,
         group=group,
         members=tuple(str(m) for m in members),
+        deleting=payload.get("deleting") is True,
     )
 
 

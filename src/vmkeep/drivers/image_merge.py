@@ -134,7 +134,7 @@ def _live_names(dom: Any, target: str) -> dict[str, str]:
     return {os.path.realpath(path): path for path in chain}
 
 
-def _wait_for_job(dom: Any, target: str, pivot: bool) -> None:
+def wait_for_job(dom: Any, target: str, pivot: bool) -> None:
     """Wait until the disk's block job ends (or, with ``pivot``, is ready and pivoted)."""
     deadline = time.monotonic() + _JOB_TIMEOUT
     delay = 0.02
@@ -171,7 +171,7 @@ def _commit_live(dom: Any, step: Commit) -> None:
             dom.blockCommit(step.target, base, None, 0, libvirt.VIR_DOMAIN_BLOCK_COMMIT_ACTIVE)
         else:
             dom.blockCommit(step.target, base, top, 0, 0)
-    _wait_for_job(dom, step.target, pivot=step.top_is_active)
+    wait_for_job(dom, step.target, pivot=step.top_is_active)
     # A finished job and a failed one look alike when polled: the chain tells which it was.
     if step.top in _live_names(dom, step.target):
         raise HypervisorError(f"{action} failed: {top} is still in the chain")

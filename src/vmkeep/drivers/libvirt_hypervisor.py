@@ -43,7 +43,7 @@ from vmkeep.domain.snapshots import (
     SnapshotRequest,
 )
 from vmkeep.domain.vmspec import ExecResult, VmSpec
-from vmkeep.drivers import domain_xml, libvirt_backup, libvirt_snapshots
+from vmkeep.drivers import domain_xml, libvirt_backup, libvirt_snapshots, snapshot_repair
 from vmkeep.drivers.libvirt_backup import LibvirtExport
 from vmkeep.drivers.qemu_img import read_backing_chain
 
@@ -319,11 +319,11 @@ class LibvirtHypervisor:
             dom.agentSetResponseTimeout(timeout, 0)
             return int(dom.fsFreeze(None, 0))
 
-    def thaw_filesystems(self, name: str, timeout: int) -> None:
+    def thaw_filesystems(self, name: str, timeout: int) -> int:
         dom = self._lookup(name)
         with _translated(f"thawing the filesystems of {name!r}", name):
             dom.agentSetResponseTimeout(timeout, 0)
-            dom.fsThaw(None, 0)
+            return int(dom.fsThaw(None, 0))
 
     def backup_job(self, request: BackupJobRequest) -> AbstractContextManager[LibvirtExport]:
         return libvirt_backup.pull_backup(self._lookup(request.vm), request)
@@ -368,6 +368,16 @@ class LibvirtHypervisor:
 
     def free_space(self, directory: str) -> FreeSpace:
         return libvirt_snapshots.free_space(directory)
+
+    def finish_block_jobs(self, name: str) -> list[str]:
+        return snapshot_repair.finish_block_jobs(self._lookup(name))
+
+    def remove_stray_files(self, name: str) -> list[str]:
+        dom = self._lookup(name)
+        documents = libvirt_snapshots.snapshot_documents(dom)
+        snapshots = libvirt_snapshots.list_snapshots(dom)
+        texts = {n: xml for n, (xml, _current) in documents.items()}
+        return snapshot_repair.remove_stray_files(dom, snapshots, texts)
 
 
 def _poll(fetch: Callable[[], dict[str, Any]], timeout: float, what: str) -> dict[str, Any]:

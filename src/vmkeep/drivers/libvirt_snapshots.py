@@ -38,8 +38,10 @@ from vmkeep.domain.snapshots import (
     RevertState,
     Snapshot,
     SnapshotDeletion,
+    SnapshotFacts,
     SnapshotKind,
     SnapshotRequest,
+    encode_facts,
     layout_changes,
     overlay_path,
     snapshot_disks,
@@ -53,7 +55,7 @@ log = logging.getLogger(__name__)
 # -- reading ------------------------------------------------------------------------------------
 
 
-def _snapshot_documents(dom: Any) -> dict[str, tuple[str, bool]]:
+def snapshot_documents(dom: Any) -> dict[str, tuple[str, bool]]:
     """``{name: (xml, current)}`` for every snapshot of the domain."""
     with translated(f"listing the snapshots of {dom.name()!r}"):
         return {
@@ -80,7 +82,7 @@ def _with_sizes(snapshot: Snapshot) -> Snapshot:
 
 def list_snapshots(dom: Any) -> list[Snapshot]:
     """See ports.Hypervisor.list_snapshots."""
-    found = [_with_sizes(s) for s in _parsed(dom, _snapshot_documents(dom)).values()]
+    found = [_with_sizes(s) for s in _parsed(dom, snapshot_documents(dom)).values()]
     return sorted(found, key=lambda s: (s.created or 0, s.name))
 
 
@@ -115,8 +117,8 @@ def _refuse_busy(dom: Any, targets: Sequence[str]) -> None:
     busy = _busy_disks(dom, targets)
     if busy:
         raise HypervisorError(
-            f"a block job is running on {', '.join(busy)} of {dom.name()!r} (an interrupted "
-            "snapshot delete?); wait for it or end it with `virsh blockjob --abort`"
+            f"a block job is running on {', '.join(busy)} of {dom.name()!r}; if a snapshot "
+            f"delete was interrupted, `vmkeep snapshot repair {dom.name()}` finishes it"
         )
     try:
         job = dom.jobInfo()[0]
@@ -134,7 +136,7 @@ def _refuse_busy(dom: Any, targets: Sequence[str]) -> None:
 def create_snapshot(dom: Any, request: SnapshotRequest) -> Snapshot:
     """See ports.Hypervisor.create_snapshot."""
     vm = dom.name()
-    if request.name in _snapshot_documents(dom):
+    if request.name in snapshot_documents(dom):
         raise AlreadyExistsError(f"{vm!r} already has a snapshot named {request.name!r}")
     files = [path for _, path in request.overlays]
     if request.memory_file:
@@ -179,7 +181,7 @@ def _remove_unused(dom: Any, paths: Sequence[str]) -> list[str]:
 
 def delete_snapshot(dom: Any, name: str) -> SnapshotDeletion:
     """See ports.Hypervisor.delete_snapshot."""
-    documents = _snapshot_documents(dom)
+    documents = snapshot_documents(dom)
     doomed = _find(dom, documents, name)
     parsed = _parsed(dom, documents)
     keep = [s for n, s in parsed.items() if n != name]
@@ -189,13 +191,28 @@ def delete_snapshot(dom: Any, name: str) -> SnapshotDeletion:
     if running:
         _refuse_busy(dom, list(disks))
     plans = image_merge.plan_images(disks, list(parsed.values()), keep)
+    _mark_deleting(dom, doomed, documents)
+    texts = {s.name: documents[s.name][0] for s in keep}
+    outcome = image_merge.execute(dom, plans, texts)
+    for snap in keep:  # execute() may have rewritten them
+        documents[snap.name] = (texts[snap.name], documents[snap.name][1])
     _forget(dom, doomed, parsed, documents)
     removed = []
     if doomed.memory_file:
         removed += overlays.remove_images([doomed.memory_file], protected=set())
-    texts = {s.name: documents[s.name][0] for s in keep}
-    outcome = image_merge.execute(dom, plans, texts)
     return SnapshotDeletion(outcome.merged, tuple(removed) + outcome.removed)
+
+
+def _mark_deleting(dom: Any, doomed: Snapshot, documents: dict[str, tuple[str, bool]]) -> None:
+    """Record in the snapshot's own metadata that its images are being merged, before any
+    is touched: if vmkeep dies part-way, the snapshot is still listed (as being deleted),
+    is never reverted to, and ``snapshot repair`` runs the (idempotent) delete again."""
+    if doomed.facts is not None and doomed.facts.deleting:
+        return
+    facts = dataclasses.replace(doomed.facts or SnapshotFacts(), deleting=True)
+    xml = snapshot_xml.rewrite_snapshot(documents[doomed.name][0], description=encode_facts(facts))
+    redefine_snapshot(dom, xml, current=doomed.current)
+    documents[doomed.name] = (xml, doomed.current)
 
 
 def _forget(
@@ -225,7 +242,7 @@ def _forget(
 def revert_snapshot(dom: Any, name: str, state: RevertState) -> float:
     """See ports.Hypervisor.revert_snapshot."""
     vm = dom.name()
-    documents = _snapshot_documents(dom)
+    documents = snapshot_documents(dom)
     snapshot = _find(dom, documents, name)
     if snapshot.kind is SnapshotKind.MEMORY and state is RevertState.SHUTOFF:
         raise UsageError("a memory snapshot reverts to a running or paused VM")

@@ -157,12 +157,19 @@ def rewrite_snapshot(
     moved: Mapping[str, str] | None = None,
     overlays: Mapping[str, str] | None = None,
     parent: object = KEEP_PARENT,
+    description: str | None = None,
 ) -> str:
     """A snapshot document for ``REDEFINE``: every image in ``moved`` replaced by the image
     that now holds its content (frozen images in the saved ``<domain>``, overlays in
     ``<disks>``), the overlays of the disks in ``overlays`` (target to path) replaced, and
-    the parent set to ``parent`` (a name, None for a root, or KEEP_PARENT)."""
+    the parent set to ``parent`` (a name, None for a root, or KEEP_PARENT), and the
+    description replaced by ``description`` if given."""
     root = _parse(xml, "snapshot")
+    if description is not None:
+        element = root.find("description")
+        if element is None:
+            element = ET.SubElement(root, "description")
+        element.text = description
     moved = moved or {}
     for disk in _domain_disks(root).values():
         path = _source_path(disk)

@@ -173,6 +173,11 @@ def _plan_revert(hv: Hypervisor, vm: VmInfo, name: str, wanted: RevertState | No
     snapshot = find_snapshot(hv, vm_name, name)
     if not snapshot.external:
         raise UsageError(f"{name!r} is an internal snapshot; vmkeep reverts external ones only")
+    if snapshot.facts is not None and snapshot.facts.deleting:
+        raise UsageError(
+            f"snapshot {name!r} of {vm_name!r} is being deleted (an interrupted delete?); "
+            f"`vmkeep snapshot repair {vm_name}` finishes it"
+        )
     changes = layout_changes(snapshot_disks(vm.disks), [d.target for d in snapshot.disks])
     if changes:
         raise UsageError(

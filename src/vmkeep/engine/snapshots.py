@@ -135,7 +135,7 @@ def create_snapshots(
         members = [_Member(hv.get_vm(vm.name)) for vm in vms]  # as they are once locked
         group = secrets.token_hex(4) if len(members) > 1 else None
         for member in members:
-            _plan(member, name, options, now, group, names)
+            _plan(member, hv.list_snapshots(member.vm.name), name, options, now, group, names)
         _check_space(hv, members)
         started = time.monotonic()
         taken: list[CreatedSnapshot] = []
@@ -162,6 +162,7 @@ def create_snapshots(
 
 def _plan(
     member: _Member,
+    snapshots: Sequence[Snapshot],
     name: str,
     options: SnapshotOptions,
     now: datetime,
@@ -172,6 +173,11 @@ def _plan(
     vm = member.vm
     if any(s.name == name for s in vm.snapshots):
         raise AlreadyExistsError(f"{vm.name!r} already has a snapshot named {name!r}")
+    if any(s.facts is not None and s.facts.deleting for s in snapshots):
+        raise UsageError(
+            f"a snapshot delete of {vm.name!r} was interrupted; finish it first with "
+            f"`vmkeep snapshot repair {vm.name}`"
+        )
     if options.memory and not vm.state.is_active:
         raise UsageError(f"{vm.name!r} is not running: a memory snapshot needs a running VM")
     _refuse_unsupported(vm, options)
