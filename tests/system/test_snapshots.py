@@ -512,6 +512,70 @@ def test_try_keeps_a_good_change_and_reverts_a_bad_one(
     assert_no_strays(vm_dir)
 
 
+def mark_deleting(name: str) -> None:
+    """Leave snapshot ``name`` as a delete killed after its first step does: marked."""
+    root = ET.fromstring(virsh("snapshot-dumpxml", VM, name).stdout)  # noqa: S314
+    description = root.find("description")
+    assert description is not None and description.text is not None
+    facts = json.loads(description.text.removeprefix("vmkeep snapshot "))
+    description.text = "vmkeep snapshot " + json.dumps({**facts, "deleting": True})
+    redefined = Path(seen["workdir"]) / "redefine.xml"
+    redefined.write_text(ET.tostring(root, encoding="unicode"))
+    virsh("snapshot-create", VM, str(redefined), "--redefine", "--current")
+
+
+def test_repair_finishes_what_a_killed_vmkeep_left(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    """The states a kill -9 leaves, made by hand (a kill cannot be timed to land exactly
+    there): a frozen guest, a delete that marked its snapshot and started an active commit
+    (left waiting for its pivot), and an overlay from a create or revert that nothing uses."""
+    seen["workdir"] = str(workdir)
+    vm_dir = Path(vm["lab_dir"])
+    snapshot(env, "create", VM, "--name", "kept")
+    snapshot(env, "create", VM, "--name", "doomed")
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=2 seek=12 conv=fsync 2>/dev/null")
+    data = md5s(env)
+    depth = len(chain(sources()["vdb"]))
+    mark_deleting("doomed")
+    # As vmkeep's delete does: commit the active image into the one below only. Without
+    # --pivot the job then waits, as it does after a kill.
+    below = chain(sources()["vdb"])[1]
+    virsh("blockcommit", VM, "vdb", "--active", "--base", below)
+    froze = virsh("domfsfreeze", VM).stdout
+    stray = vm_dir / "vdb.revert-kept.a1b2c3.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b",
+         str(vm_dir / "vdb.qcow2"), str(stray)],
+        check=True,
+    )  # fmt: skip
+    lookalike = vm_dir / "vdb.other.d4e5f6.qcow2"  # vmkeep's naming, but not backed by the VM
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(lookalike), "1M"], check=True)
+    # The listing tells the truth, and nothing builds on the half-deleted snapshot.
+    entry = next(s for s in listing(env)["snapshots"] if s["name"] == "doomed")
+    assert entry["deleting"] is True
+    refused = run_vmkeep(env, "snapshot", "revert", VM, "doomed", check=False)
+    assert refused.returncode == 2 and "snapshot repair" in refused.stderr
+    assert run_vmkeep(env, "snapshot", "create", VM, check=False).returncode == 2
+    result = snapshot(env, "repair", VM)
+    actions = "\n".join(result["actions"])
+    if "Froze 0" not in froze:
+        assert "thawed" in actions
+    assert "vdb: finished an interrupted block commit (pivoted)" in actions
+    assert "finished deleting snapshot 'doomed'" in actions
+    assert f"removed {stray}: nothing uses it" in actions
+    assert not stray.exists() and lookalike.exists()
+    lookalike.unlink()
+    assert snapshot_names() == {"kept"}
+    assert guest(env, "echo thawed > /dev/null && echo ok").strip() == "ok"
+    assert md5s(env) == data
+    assert len(chain(sources()["vdb"])) == depth - 1
+    assert_no_strays(vm_dir)
+    assert snapshot(env, "repair", VM)["actions"] == []  # nothing left to do
+    snapshot(env, "delete", VM, "kept")
+    assert_no_strays(vm_dir)
+
+
 def write_pattern(image: str, pattern: int, offset_mib: int) -> None:
     """Write 1 MiB of ``pattern`` into an image no QEMU has open (the VM is shut off)."""
     command = f"write -P {pattern:#x} {offset_mib}M 1M"

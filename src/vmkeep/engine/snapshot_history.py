@@ -87,7 +87,7 @@ def revert_snapshot(
     """
     vm = hv.get_vm(vm_name)
     with locks.hold(vm.uuid, f"a revert of {vm_name!r}"):
-        plan = _plan_revert(hv, hv.get_vm(vm_name), name, wanted)
+        plan = _plan_revert(hv, vm, name, wanted)
         return _revert(hv, plan)
 
 
@@ -136,7 +136,7 @@ def revert_group(
         for member in members:
             vm = hv.get_vm(member)
             held.enter_context(locks.hold(vm.uuid, f"a group revert of {member!r}"))
-            plan = _plan_revert(hv, hv.get_vm(member), name, wanted)
+            plan = _plan_revert(hv, vm, name, wanted)
             theirs = plan.snapshot.facts.group if plan.snapshot.facts else None
             if theirs != group:
                 raise UsageError(

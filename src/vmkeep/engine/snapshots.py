@@ -132,7 +132,8 @@ def create_snapshots(
         vms = [hv.get_vm(vm) for vm in names]
         for vm in vms:
             held.enter_context(locks.hold(vm.uuid, f"a snapshot of {vm.name!r}"))
-        members = [_Member(hv.get_vm(vm.name)) for vm in vms]  # as they are once locked
+        # Each get_vm pings the guest agent (up to 2 s when it hangs): read each VM once.
+        members = [_Member(vm) for vm in vms]
         group = secrets.token_hex(4) if len(members) > 1 else None
         for member in members:
             _plan(member, hv.list_snapshots(member.vm.name), name, options, now, group, names)
