@@ -127,8 +127,11 @@ def test_rendered_lab_domain_parses_back_with_awkward_name() -> None:
         disks=(DiskSpec("vda", "/lab/my vm/vda.qcow2"), DiskSpec("vdb", "/lab/vdb.raw", "raw")),
         console_log="/lab/console.log",
         lab_dir="/lab/my vm",
+        heartbeat_socket="/lab/my vm/heartbeat.sock",
     )
     xml = domain_xml.render_domain(spec)
+    assert '<source mode="bind" path="/lab/my vm/heartbeat.sock" />' in xml
+    assert '<target port="1" />' in xml
     assert 'type="qemu"' in xml  # TCG: KVM is unusable on these hosts
     parsed = domain_xml.parse_domain(xml)
     assert parsed.name == name
@@ -150,6 +153,8 @@ def test_rewrite_for_restore() -> None:
             "<interface type='network'><mac address='52:54:00:12:34:56'/>"
             "<source network='default'/></interface>"
             "<serial type='file'><source path='/old/dir/console.log'/></serial>"
+            "<serial type='unix'><source mode='bind' path='/old/dir/heartbeat.sock'/>"
+            "<target port='1'/></serial>"
             "</devices>",
         )
         .replace(
@@ -171,3 +176,4 @@ def test_rewrite_for_restore() -> None:
     assert "52:54:00:12:34:56" not in out
     assert '<source network="default"' in out
     assert "/restore/console.log" in out
+    assert "/restore/heartbeat.sock" in out and "/old/dir" not in out

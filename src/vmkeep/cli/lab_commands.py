@@ -42,6 +42,13 @@ def create(
     boot_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the guest agent after start.")
     ] = 180.0,
+    heartbeat: Annotated[
+        bool,
+        typer.Option(
+            help="The guest writes its uptime every 10 ms to its second serial port, the Unix "
+            "socket heartbeat.sock in the VM's directory (for measuring pauses)."
+        ),
+    ] = False,
     as_json: JsonFlag = False,
 ) -> None:
     """Create a lab VM, start it and wait until its guest agent answers."""
@@ -53,6 +60,7 @@ def create(
         memory=parse_size(memory),
         vcpus=vcpus,
         boot_timeout=boot_timeout,
+        heartbeat=heartbeat,
     )
     with services_for(ctx) as services:
         deps = services.lab_deps(TerminalProgress())

@@ -232,6 +232,10 @@ def render_domain(spec: VmSpec) -> str:
         serial = ET.SubElement(devices, "serial", type="file")
         ET.SubElement(serial, "source", path=spec.console_log)
         ET.SubElement(serial, "target", port="0")
+    if spec.heartbeat_socket is not None:
+        serial = ET.SubElement(devices, "serial", type="unix")
+        ET.SubElement(serial, "source", mode="bind", path=spec.heartbeat_socket)
+        ET.SubElement(serial, "target", port="1")
     ET.SubElement(devices, "memballoon", model="none")
     return ET.tostring(domain, encoding="unicode")
 
@@ -288,7 +292,16 @@ def rewrite_for_restore(
     for kind in ("serial", "console"):
         for device in devices.iterfind(kind):
             source = device.find("source")
-            if device.get("type") == "file" and source is not None and source.get("path"):
+            # Files (console logs) and listening sockets (a lab heartbeat) would clash with
+            # the original VM's: the copy gets its own in its directory.
+            bound = (
+                device.get("type") == "unix" and source is not None and source.get("mode") == "bind"
+            )
+            if (
+                (device.get("type") == "file" or bound)
+                and source is not None
+                and source.get("path")
+            ):
                 base = source.get("path", "").rsplit("/", 1)[-1]
                 source.set("path", f"{files_dir}/{base}")
     return ET.tostring(root, encoding="unicode")

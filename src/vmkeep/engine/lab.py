@@ -27,6 +27,7 @@ from vmkeep.ports import Clock, DiskImageTool, GuestBuilder, Hypervisor, Progres
 
 LAB_MARKER = ".vmkeep-lab"
 GUEST_CACHE = "guest"
+HEARTBEAT_SOCKET = "heartbeat.sock"
 MAX_DISKS = 20
 MIN_MEMORY = 128 << 20
 
@@ -42,6 +43,9 @@ class LabOptions:
     memory: int = 256 << 20
     vcpus: int = 1
     boot_timeout: float = 180.0
+    heartbeat: bool = False
+    """Boot the guest with a heartbeat: its uptime every 10 ms on its second serial port, a
+    Unix socket ``heartbeat.sock`` in the VM's directory."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +128,11 @@ def create_lab(deps: LabDeps, lab_root: Path, options: LabOptions) -> VmInfo:
             vcpus=options.vcpus,
             kernel=boot.kernel,
             initrd=boot.initrd,
-            cmdline=boot.cmdline,
+            cmdline=boot.cmdline + (" vmkeep.heartbeat" if options.heartbeat else ""),
             disks=tuple(disks),
             console_log=str(vm_dir / "console.log"),
             lab_dir=str(vm_dir),
+            heartbeat_socket=str(vm_dir / HEARTBEAT_SOCKET) if options.heartbeat else None,
         )
         hv.define_vm(spec)
         defined = True
