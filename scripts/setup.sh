@@ -18,6 +18,8 @@ apt_packages=(
   python3-libvirt python3-libnbd python3-venv python3-pip
   qemu-guest-agent linux-image-amd64 busybox-static cpio e2fsprogs
   nbdkit procps ovmf
+  # the TPM emulator libvirt runs for VMs with an emulated TPM (its state is backed up)
+  swtpm swtpm-tools
   # a single-node Ceph with its RADOS Gateway: the real S3 server tests/s3_server.py starts
   ceph-mon ceph-osd ceph-mgr radosgw ceph-common
 )

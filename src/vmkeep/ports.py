@@ -111,10 +111,14 @@ class Hypervisor(Protocol):
         disks: dict[str, tuple[str, str]],
         files_dir: str,
         nvram: str | None = None,
+        tpm_files: Mapping[str, str] | None = None,
     ) -> None:
         """Define a copy of the VM described by ``xml`` (a backed-up definition) named
-        ``new_name``, with fresh UUID and MACs, its disks ``{target: (path, format)}`` and its
-        UEFI variables at ``nvram``. Raises AlreadyExistsError if the name is taken."""
+        ``new_name``, with fresh UUID and MACs, its disks ``{target: (path, format)}``, its
+        UEFI variables at ``nvram`` and, for an emulated TPM, the state files ``tpm_files``
+        (name to path) put where the new VM's TPM will find them. Raises AlreadyExistsError if
+        the name is taken; if the TPM state cannot be put in place, the new VM is undefined
+        again and HypervisorError raised."""
         ...
 
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:

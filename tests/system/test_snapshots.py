@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import subprocess
 import time
 import xml.etree.ElementTree as ET
@@ -38,7 +39,9 @@ def env(cli_env: dict[str, str]) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def vm(env: dict[str, str]) -> Iterator[dict[str, Any]]:
-    created = run_vmkeep(env, "lab", "create", VM, "--disks", "2", "--disk-size", "32M", "--json")
+    created = run_vmkeep(
+        env, "lab", "create", VM, "--disks", "2", "--disk-size", "32M", "--heartbeat", "--json"
+    )
     yield json.loads(created.stdout)["vm"]
     run_vmkeep(env, "lab", "destroy", VM, check=False)
 
@@ -163,6 +166,22 @@ def test_create_quiesced_disk_snapshot_with_an_awkward_name(
         isinstance(d["overlay_bytes"], int) and d["overlay_bytes"] > 0 for d in entry["disks"]
     )
     assert_no_strays(vm_dir)
+
+
+def test_the_heartbeat_ticks_on_its_socket(vm: dict[str, Any]) -> None:
+    """``lab create --heartbeat``: the guest's uptime, about every 10 ms, on a Unix socket
+    (what bench/snapshot_bench.py measures pauses with)."""
+    path = Path(vm["lab_dir"]) / "heartbeat.sock"
+    received = b""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+        conn.connect(str(path))
+        conn.settimeout(2)
+        deadline = time.monotonic() + 1.5
+        while time.monotonic() < deadline:
+            received += conn.recv(4096)
+    ticks = [float(line) for line in received.decode().split()[1:-1]]
+    assert len(ticks) >= 20  # TCG is slow, but not that slow
+    assert ticks == sorted(ticks) and ticks[-1] - ticks[0] > 0.2
 
 
 def test_reverting_a_memory_snapshot_resumes_a_running_counter(

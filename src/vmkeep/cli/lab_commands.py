@@ -42,6 +42,7 @@ def create(
     boot_timeout: Annotated[
         float, typer.Option(help="Seconds to wait for the guest agent after start.")
     ] = 180.0,
+    tpm: Annotated[bool, typer.Option(help="Give the VM an emulated TPM 2.0 (swtpm).")] = False,
     heartbeat: Annotated[
         bool,
         typer.Option(
@@ -61,6 +62,7 @@ def create(
         vcpus=vcpus,
         boot_timeout=boot_timeout,
         heartbeat=heartbeat,
+        tpm=tpm,
     )
     with services_for(ctx) as services:
         deps = services.lab_deps(TerminalProgress())

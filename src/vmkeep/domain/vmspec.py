@@ -35,6 +35,8 @@ class VmSpec:
     disks: tuple[DiskSpec, ...]
     console_log: str | None = None
     lab_dir: str | None = None
+    tpm: bool = False
+    """An emulated TPM 2.0 (swtpm), whose state libvirt keeps per domain."""
     heartbeat_socket: str | None = None
     """A Unix socket QEMU listens on for the guest's second serial port (ttyS1), where a lab
     guest booted with ``vmkeep.heartbeat`` writes its uptime every 10 ms."""

@@ -57,6 +57,15 @@ class ParsedDomain:
     agent_channel_state: str | None
     lab_dir: str | None
     nvram: str | None = None
+    tpm_version: str | None = None
+    """``2.0`` or ``1.2`` for an emulated TPM (``<tpm><backend type='emulator'>``)."""
+
+
+def _emulated_tpm(root: ET.Element) -> str | None:
+    backend = root.find("devices/tpm/backend")
+    if backend is None or backend.get("type") != "emulator":
+        return None
+    return backend.get("version") or "1.2"  # libvirt's default for emulators without one
 
 
 def _parse(xml: str, what: str) -> ET.Element:
@@ -96,6 +105,7 @@ def parse_domain(xml: str) -> ParsedDomain:
         agent_channel_state=channel_state,
         lab_dir=lab.get("dir") if lab is not None else None,
         nvram=(root.findtext("os/nvram") or "").strip() or None,
+        tpm_version=_emulated_tpm(root),
     )
 
 
@@ -232,6 +242,9 @@ def render_domain(spec: VmSpec) -> str:
         serial = ET.SubElement(devices, "serial", type="file")
         ET.SubElement(serial, "source", path=spec.console_log)
         ET.SubElement(serial, "target", port="0")
+    if spec.tpm:
+        tpm = ET.SubElement(devices, "tpm", model="tpm-tis")
+        ET.SubElement(tpm, "backend", type="emulator", version="2.0")
     if spec.heartbeat_socket is not None:
         serial = ET.SubElement(devices, "serial", type="unix")
         ET.SubElement(serial, "source", mode="bind", path=spec.heartbeat_socket)

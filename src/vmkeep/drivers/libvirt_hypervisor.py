@@ -10,7 +10,7 @@ import base64
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from typing import Any, TypeVar
 
@@ -46,6 +46,7 @@ from vmkeep.domain.vmspec import ExecResult, VmSpec
 from vmkeep.drivers import domain_xml, libvirt_backup, libvirt_snapshots, snapshot_repair
 from vmkeep.drivers.libvirt_backup import LibvirtExport
 from vmkeep.drivers.qemu_img import read_backing_chain
+from vmkeep.drivers.tpm_state import install_tpm_state, tpm_state_dir
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -155,6 +156,7 @@ class LibvirtHypervisor:
             domain_id=dom_id,
             lab_dir=parsed.lab_dir,
             nvram=parsed.nvram,
+            tpm_state=tpm_state_dir(parsed.uuid, parsed.tpm_version),
         )
 
     def _with_sizes(self, dom: Any, disk: DiskInfo, active: bool) -> DiskInfo:
@@ -342,12 +344,22 @@ class LibvirtHypervisor:
         disks: dict[str, tuple[str, str]],
         files_dir: str,
         nvram: str | None = None,
+        tpm_files: Mapping[str, str] | None = None,
     ) -> None:
         if self._exists(new_name):
             raise AlreadyExistsError(f"a VM named {new_name!r} already exists")
         definition = domain_xml.rewrite_for_restore(xml, new_name, disks, files_dir, nvram)
         with _translated(f"defining {new_name!r}"):
-            self._conn.defineXML(definition)
+            dom = self._conn.defineXML(definition)
+        parsed = domain_xml.parse_domain(definition)
+        if not tpm_files or parsed.tpm_version is None:
+            return
+        try:
+            install_tpm_state(dom.UUIDString(), parsed.tpm_version, tpm_files)
+        except HypervisorError:
+            with _translated(f"undefining {new_name!r} again"):
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            raise
 
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:
         libvirt_backup.delete_checkpoint(self._lookup(name), checkpoint)

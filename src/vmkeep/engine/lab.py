@@ -43,6 +43,8 @@ class LabOptions:
     memory: int = 256 << 20
     vcpus: int = 1
     boot_timeout: float = 180.0
+    tpm: bool = False
+    """Give the VM an emulated TPM 2.0 (swtpm)."""
     heartbeat: bool = False
     """Boot the guest with a heartbeat: its uptime every 10 ms on its second serial port, a
     Unix socket ``heartbeat.sock`` in the VM's directory."""
@@ -133,6 +135,7 @@ def create_lab(deps: LabDeps, lab_root: Path, options: LabOptions) -> VmInfo:
             console_log=str(vm_dir / "console.log"),
             lab_dir=str(vm_dir),
             heartbeat_socket=str(vm_dir / HEARTBEAT_SOCKET) if options.heartbeat else None,
+            tpm=options.tpm,
         )
         hv.define_vm(spec)
         defined = True

@@ -40,6 +40,7 @@ from vmkeep.engine.vm_backup_model import (
     BACKUP_DISK_FORMATS,
     CHECKPOINT_PREFIX,
     NVRAM,
+    TPM_PREFIX,
     DiskOutcome,
     Prepared,
     VmBackupDeps,
@@ -293,6 +294,11 @@ def _frozen(deps: VmBackupDeps, items: list[Prepared], options: VmBackupOptions)
                 log.error("could not thaw %s: %s", item.vm.name, exc)
 
 
+def _is_file(name: str) -> bool:
+    """Whether an outcome is one of the small files stored with the VM, not a disk."""
+    return name == NVRAM or name.startswith(TPM_PREFIX)
+
+
 def _publish(
     deps: VmBackupDeps,
     item: Prepared,
@@ -314,7 +320,7 @@ def _publish(
         host=host,
         vm=item.vm.name,
         disks=tuple(outcomes[d.target].record for d in item.disks)
-        + ((outcomes[NVRAM].record,) if NVRAM in outcomes else ()),
+        + tuple(o.record for name, o in sorted(outcomes.items()) if _is_file(name)),
         parent=plan.parent.backup_id if plan.parent and incremental else None,
         tags=options.tags,
         config_files={"domain.xml": hv.domain_xml(item.vm.name)},

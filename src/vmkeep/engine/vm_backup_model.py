@@ -14,6 +14,8 @@ from vmkeep.repository.indexes import DiskIndex
 
 CHECKPOINT_PREFIX = "vmkeep-"
 NVRAM = "nvram"
+TPM_PREFIX = "tpm/"
+"""Records of the emulated TPM's state files are named ``tpm/<file name>``."""
 
 
 def checkpoint_prefix(repo_id: str) -> str:

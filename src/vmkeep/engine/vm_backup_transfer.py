@@ -13,7 +13,13 @@ from vmkeep.domain.chain import ChainPlan, DiskFacts
 from vmkeep.domain.errors import HypervisorError, ToolError
 from vmkeep.domain.extents import chunks_touched, data_chunks
 from vmkeep.engine.disk_transfer import BytesReader, store_disk
-from vmkeep.engine.vm_backup_model import NVRAM, DiskOutcome, Prepared, VmBackupDeps
+from vmkeep.engine.vm_backup_model import (
+    NVRAM,
+    TPM_PREFIX,
+    DiskOutcome,
+    Prepared,
+    VmBackupDeps,
+)
 from vmkeep.ports import ExportReader
 from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex, chunk_count
 
@@ -47,7 +53,17 @@ def _transfer(deps: VmBackupDeps, item: Prepared) -> dict[str, DiskOutcome]:
             results[disk.target] = _transfer_disk(deps, item, disk, reader, parent)
     if item.vm.nvram:
         results[NVRAM] = _store_file(deps, NVRAM, Path(item.vm.nvram))
+    for path in _tpm_files(item.vm.tpm_state):
+        results[TPM_PREFIX + path.name] = _store_file(deps, TPM_PREFIX + path.name, path)
     return results
+
+
+def _tpm_files(state_dir: str | None) -> list[Path]:
+    """The files of an emulated TPM's state (swtpm keeps one, ``tpm2-00.permall``). None yet
+    before the VM's first start: there is no state to lose then."""
+    if state_dir is None or not Path(state_dir).is_dir():
+        return []
+    return sorted(p for p in Path(state_dir).iterdir() if p.is_file())
 
 
 def _store_file(deps: VmBackupDeps, name: str, path: Path) -> DiskOutcome:

@@ -22,6 +22,7 @@ from vmkeep.domain.errors import (
 )
 from vmkeep.engine.disk_transfer import restore_disk
 from vmkeep.engine.image_backup import RepoSession
+from vmkeep.engine.vm_backup_model import NVRAM, TPM_PREFIX
 from vmkeep.ports import Hypervisor
 from vmkeep.repository.indexes import ZERO_CHUNK
 from vmkeep.repository.locks import locked
@@ -96,10 +97,12 @@ def _check_new_vm(hypervisor: Hypervisor, request: VmRestoreRequest) -> None:
 
 def _restore_files(
     session: RepoSession, manifest: BackupManifest, request: VmRestoreRequest, done: list[Path]
-) -> str | None:
-    """Write the small files stored with the VM (UEFI variables) next to its disks; returns
-    the restored NVRAM path, if any. Each is verified like a disk chunk."""
+) -> tuple[str | None, dict[str, str]]:
+    """Write the small files stored with the VM (UEFI variables, TPM state) next to its
+    disks; returns the restored NVRAM path, if any, and the TPM state files (record name to
+    path). Each is verified like a disk chunk."""
     nvram = None
+    tpm: dict[str, str] = {}
     for record in manifest.disks:
         if record.mode != "file":
             continue
@@ -113,9 +116,11 @@ def _restore_files(
         )
         target.write_bytes(data)
         done.append(target)
-        if record.name == "nvram":
+        if record.name == NVRAM:
             nvram = str(target)
-    return nvram
+        elif record.name.startswith(TPM_PREFIX):
+            tpm[record.name] = str(target)
+    return nvram, tpm
 
 
 def restore_vm(
@@ -151,7 +156,7 @@ def restore_vm(
                         repo, index, writer, session.progress, disk.name, workers=session.workers
                     )
                 done.append(targets[disk.name])
-            nvram = _restore_files(session, manifest, request, done)
+            nvram, tpm_files = _restore_files(session, manifest, request, done)
             domain_xml = manifest.config_files.get("domain.xml")
             if domain_xml is not None:
                 xml_path.write_text(domain_xml)
@@ -163,6 +168,7 @@ def restore_vm(
                     {name: (str(path), request.image_format) for name, path in targets.items()},
                     str(request.target_dir),
                     nvram,
+                    tpm_files,
                 )
         except BaseException:
             for path in done:
