@@ -59,11 +59,14 @@ def _transfer(deps: VmBackupDeps, item: Prepared) -> dict[str, DiskOutcome]:
 
 
 def _tpm_files(state_dir: str | None) -> list[Path]:
-    """The files of an emulated TPM's state (swtpm keeps one, ``tpm2-00.permall``). None yet
-    before the VM's first start: there is no state to lose then."""
+    """The files of an emulated TPM's state (``tpm2-00.permall``, and while the VM is saved
+    ``tpm2-00.volatilestate``), without swtpm's ``.lock``. None yet before the VM's first
+    start: there is no state to lose then."""
     if state_dir is None or not Path(state_dir).is_dir():
         return []
-    return sorted(p for p in Path(state_dir).iterdir() if p.is_file())
+    return sorted(
+        p for p in Path(state_dir).iterdir() if p.is_file() and not p.name.startswith(".")
+    )
 
 
 def _store_file(deps: VmBackupDeps, name: str, path: Path) -> DiskOutcome:
