@@ -109,6 +109,7 @@ def bench_vmkeep(work: Path, env: dict[str, str], prep: Preparation, size: int) 
     full = measure(
         "vmkeep full", [VMKEEP, "backup", VM, "--full", "--json"], env=env, prep=prep, parse=parse
     )
+    stored_full = du_bytes(repo)[0]
     change_guest(env, size, seed=1)
     inc = measure("vmkeep inc", [VMKEEP, "backup", VM, "--json"], env=env, prep=prep, parse=parse)
     if inc.output[0]["kind"] != "incremental":
@@ -126,7 +127,7 @@ def bench_vmkeep(work: Path, env: dict[str, str], prep: Preparation, size: int) 
         full,
         inc,
         restore,
-        du_bytes(repo)[0],
+        stored_full,
         read_inc=sum(d["read_bytes"] for d in inc.output[0]["disks"]),
     )
 
