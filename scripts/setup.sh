@@ -70,7 +70,10 @@ if ! pgrep -x virtlogd >/dev/null; then
 fi
 if ! pgrep -x libvirtd >/dev/null; then
   say "starting libvirtd"
-  libvirtd -d
+  # Under a subreaper: where pid 1 is no init system, QEMU processes would linger unreaped
+  # and every VM stop would wait for them (see scripts/subreaper.py).
+  setsid nohup /usr/bin/python3 "$repo_root/scripts/subreaper.py" libvirtd -d \
+    >/dev/null 2>&1 < /dev/null &
 fi
 for _ in $(seq 1 60); do
   if virsh -c qemu:///system version >/dev/null 2>&1; then
