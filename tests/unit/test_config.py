@@ -83,9 +83,24 @@ def test_explicit_missing_config_is_an_error(tmp_path: Path) -> None:
         ("connect = 5\n", "'connect' must be a string"),
         ('lab = "x"\n', r"\[lab\] must be a table"),
         ("[lab]\ndir = 3\n", "'dir' must be a string"),
+        ("[snapshots]\nmax_chain = true\n", "'max_chain' must be a whole number"),
+        ("[snapshots]\nmax_age = 72\n", "'max_age' must be a string"),
     ],
 )
 def test_invalid_config_values(tmp_path: Path, text: str, message: str) -> None:
     config = write(tmp_path / "bad.toml", text)
     with pytest.raises(ConfigError, match=message):
         resolve_settings(connect_flag=None, config_flag=config, env={}, is_root=True)
+
+
+def test_snapshot_settings(tmp_path: Path) -> None:
+    config = write(
+        tmp_path / "c.toml",
+        '[snapshots]\ndir = "/srv/snaps"\nmax_age = "2d"\nmax_chain = 5\n',
+    )
+    settings = resolve_settings(connect_flag=None, config_flag=config, env={}, is_root=True)
+    assert settings.snapshot_dir == Path("/srv/snaps")
+    policy = settings.snapshot_policy
+    assert (policy.max_age, policy.max_chain, policy.fill_warning) == ("2d", 5, None)
+    bare = resolve_settings(connect_flag=None, config_flag=None, env={}, is_root=True)
+    assert bare.snapshot_dir is None and bare.snapshot_policy.max_chain is None

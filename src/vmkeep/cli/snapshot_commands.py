@@ -68,7 +68,11 @@ def create(
     ] = None,
     directory: Annotated[
         Path | None,
-        typer.Option("--dir", help="Put overlays and memory state here, not next to the disks."),
+        typer.Option(
+            "--dir",
+            help="Put overlays and memory state here, not next to the disks (default: the "
+            "config's [snapshots] dir, else next to each disk).",
+        ),
     ] = None,
     freeze_timeout: Annotated[
         int, typer.Option(help="Seconds to wait for the guest agent to freeze or thaw.")
@@ -76,15 +80,16 @@ def create(
     as_json: JsonFlag = False,
 ) -> None:
     """Take an external snapshot of one or more VMs (atomic across each VM's disks)."""
-    options = SnapshotOptions(
-        name=name,
-        memory=memory,
-        quiesce=quiesce,
-        expire=parse_duration(expire) if expire else None,
-        directory=directory.absolute() if directory is not None else None,
-        freeze_timeout=freeze_timeout,
-    )
     with services_for(ctx) as services:
+        directory = directory or services.settings.snapshot_dir
+        options = SnapshotOptions(
+            name=name,
+            memory=memory,
+            quiesce=quiesce,
+            expire=parse_duration(expire) if expire else None,
+            directory=directory.absolute() if directory is not None else None,
+            freeze_timeout=freeze_timeout,
+        )
         result = create_snapshots(
             services.hypervisor(), services.host_locks(), vms, options, now=datetime.now(UTC)
         )

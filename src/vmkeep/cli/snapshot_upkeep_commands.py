@@ -106,24 +106,36 @@ def _print_outcomes(outcomes: list[PruneOutcome], dry_run: bool) -> None:
 def usage(
     ctx: typer.Context,
     max_age: Annotated[
-        str, typer.Option(help="Warn about snapshots older than this.")
-    ] = format_duration(DEFAULT_MAX_AGE).replace(" ", ""),
+        str | None,
+        typer.Option(help="Warn about snapshots older than this (default: config, else 72h)."),
+    ] = None,
     max_chain: Annotated[
-        int, typer.Option(help="Warn when a disk has more images than this below it.")
-    ] = DEFAULT_MAX_CHAIN,
+        int | None,
+        typer.Option(
+            help="Warn when a disk has more images than this below it (default: config, else 3)."
+        ),
+    ] = None,
     fill_warning: Annotated[
-        str, typer.Option(help="Warn when a filesystem is forecast to fill within this.")
-    ] = format_duration(DEFAULT_FILL_WARNING).replace(" ", ""),
+        str | None,
+        typer.Option(
+            help="Warn when a filesystem is forecast to fill within this (default: config, "
+            "else 24h)."
+        ),
+    ] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Bytes in snapshot overlays per VM and filesystem, growth rate, free space, and when
     each filesystem fills at that rate; warnings for what breaks policy."""
-    policy = UsagePolicy(
-        max_age=parse_duration(max_age),
-        max_chain=max_chain,
-        fill_warning=parse_duration(fill_warning),
-    )
     with services_for(ctx) as services:
+        configured = services.settings.snapshot_policy
+        max_age = max_age or configured.max_age
+        fill_warning = fill_warning or configured.fill_warning
+        chain = max_chain if max_chain is not None else configured.max_chain
+        policy = UsagePolicy(
+            max_age=parse_duration(max_age) if max_age else DEFAULT_MAX_AGE,
+            max_chain=chain if chain is not None else DEFAULT_MAX_CHAIN,
+            fill_warning=parse_duration(fill_warning) if fill_warning else DEFAULT_FILL_WARNING,
+        )
         report = snapshot_usage(services.hypervisor(), policy, now=int(time.time()))
     if as_json:
         print_json(_usage_json(report))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -71,6 +72,9 @@ def try_command(
         check_interval=parse_duration(check_interval),
     )
     with services_for(ctx) as services:
+        directory = services.settings.snapshot_dir
+        if directory is not None:
+            request = dataclasses.replace(request, directory=directory.absolute())
         result = try_change(services.try_deps(), request, now=datetime.now(UTC))
     if as_json:
         print_json(_result_json(result))

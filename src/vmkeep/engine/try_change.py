@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from vmkeep.domain.errors import VmkeepError
 from vmkeep.domain.vmspec import ExecResult
@@ -50,6 +51,8 @@ class TryRequest:
     quiesce: bool | None = None
     check_wait: float = 0
     check_interval: float = 5
+    directory: Path | None = None
+    """Where the snapshot's overlays go (None: next to the disks)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,7 +105,11 @@ def try_change(deps: TryDeps, request: TryRequest, *, now: datetime) -> TryResul
     hv = deps.hypervisor
     name = "vmkeep-try-" + now.strftime("%Y%m%dT%H%M%SZ")
     options = SnapshotOptions(
-        name=name, memory=request.memory, quiesce=request.quiesce, expire=TRY_SNAPSHOT_EXPIRY
+        name=name,
+        memory=request.memory,
+        quiesce=request.quiesce,
+        expire=TRY_SNAPSHOT_EXPIRY,
+        directory=request.directory,
     )
     created = create_snapshots(hv, deps.locks, [request.vm], options, now=now).snapshots[0]
     warnings = list(created.warnings)

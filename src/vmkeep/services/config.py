@@ -18,6 +18,13 @@ fine (defaults apply); a file given explicitly must exist.
     [cache]
     dir = "/var/cache/vmkeep"                  # local caches (dedup chunk ids)
 
+    [snapshots]
+    dir = "/var/lib/vmkeep/snapshots"          # overlays and memory states (default: next to
+                                               # each disk)
+    max_age = "72h"                            # snapshot usage warns about older snapshots,
+    max_chain = 3                              # longer chains,
+    fill_warning = "24h"                       # and filesystems filling sooner than this
+
     [hooks]                                    # argv lists, run without a shell
     pre = ["/usr/local/sbin/flush-db"]         # before the guest is frozen
     post = ["/usr/local/sbin/resume-db"]       # after it is thawed
@@ -37,6 +44,16 @@ DEFAULT_URI = "qemu:///system"
 
 
 @dataclass(frozen=True, slots=True)
+class SnapshotPolicySettings:
+    """``[snapshots]`` limits for ``snapshot usage`` as written (durations as text, parsed
+    where used); None where the config says nothing."""
+
+    max_age: str | None = None
+    max_chain: int | None = None
+    fill_warning: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     """Effective settings after flags, environment and config file are merged."""
 
@@ -48,6 +65,10 @@ class Settings:
     cache_dir: Path = Path("/var/cache/vmkeep")
     data_dir: Path = Path("/var/lib/vmkeep")
     hooks: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    snapshot_dir: Path | None = None
+    snapshot_policy: SnapshotPolicySettings = field(
+        default_factory=lambda: SnapshotPolicySettings()
+    )
 
 
 def default_config_path(env: Mapping[str, str], is_root: bool) -> Path:
@@ -134,6 +155,12 @@ def resolve_settings(
     cache_dir = _string(cache_section, "dir", f"{path} [cache]")
     state_dir = _string(config, "state_dir", str(path))
     hooks = _hooks(_table(config, "hooks", path), path)
+    snapshots = _table(config, "snapshots", path)
+    where = f"{path} [snapshots]"
+    snapshot_dir = _string(snapshots, "dir", where)
+    max_chain = snapshots.get("max_chain")
+    if max_chain is not None and (not isinstance(max_chain, int) or isinstance(max_chain, bool)):
+        raise ConfigError(f"{where}: 'max_chain' must be a whole number")
     return Settings(
         uri=uri or DEFAULT_URI,
         lab_dir=Path(lab_dir) if lab_dir else default_data_dir(env, is_root) / "lab",
@@ -143,6 +170,12 @@ def resolve_settings(
         cache_dir=Path(cache_dir) if cache_dir else default_cache_dir(env, is_root),
         data_dir=Path(state_dir) if state_dir else default_data_dir(env, is_root),
         hooks=hooks,
+        snapshot_dir=Path(snapshot_dir) if snapshot_dir else None,
+        snapshot_policy=SnapshotPolicySettings(
+            max_age=_string(snapshots, "max_age", where),
+            max_chain=max_chain,
+            fill_warning=_string(snapshots, "fill_warning", where),
+        ),
     )
 
 
