@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 
 import pytest
+import zstandard
 
 from vmkeep.domain.errors import IntegrityError
+from vmkeep.repository import codec as codec_module
 from vmkeep.repository.codec import HEADER_BYTES, Codec, MasterKeys, ObjectType
 
 KEYS = MasterKeys(b"e" * 32, b"i" * 32, b"m" * 32)
@@ -85,3 +87,16 @@ def test_chunk_ids_are_keyed() -> None:
     one = Codec(REPO, KEYS, encrypted=True).chunk_id(data)
     other = Codec(REPO, MasterKeys(b"e" * 32, b"I" * 32, b"m" * 32), encrypted=True).chunk_id(data)
     assert len(one) == 64 and one != other
+
+
+def test_compression_tables_are_capped_and_frames_stay_standard() -> None:
+    params = codec_module.compression_parameters(3)
+    assert params.hash_log == codec_module.MATCH_TABLE_LOG
+    assert params.chain_log <= codec_module.MATCH_TABLE_LOG
+    fast = zstandard.ZstdCompressionParameters.from_level(1)  # small tables already: unchanged
+    capped_fast = codec_module.compression_parameters(1)
+    assert (capped_fast.strategy, capped_fast.hash_log) == (fast.strategy, fast.hash_log)
+    data = b"vmkeep " * 300_000
+    frame = zstandard.ZstdCompressor(compression_params=params).compress(data)
+    assert len(frame) < len(data) // 100
+    assert zstandard.ZstdDecompressor().decompress(frame) == data  # content size is in it

@@ -71,6 +71,29 @@ class MasterKeys:
         return cls(random_bytes(32), random_bytes(32), random_bytes(32))
 
 
+MATCH_TABLE_LOG = 15
+"""Upper bound for zstd's hash and chain table sizes (log2 entries): see
+compression_parameters."""
+
+
+def compression_parameters(level: int) -> zstandard.ZstdCompressionParameters:
+    """zstd's parameters for ``level``, with its match-finder tables capped at 2^15 entries.
+
+    For inputs of a chunk's size (1 MiB) level 3 uses a 2^17-entry hash table and a 2^16
+    chain table (768 KiB), more than a core's L2 cache. Capped at 2^15 (256 KiB together)
+    compression took 20-25 % less CPU for 0.5 % more output on the benchmark disk's chunks
+    (level 3: 218.0 MiB in 2.5 CPU s; capped: 219.1 MiB in 1.9 s; level 2 for comparison:
+    222.7 MiB in 2.3 s). Frames stay ordinary zstd frames, with their content size.
+    """
+    defaults = zstandard.ZstdCompressionParameters.from_level(level)
+    return zstandard.ZstdCompressionParameters.from_level(
+        level,
+        hash_log=min(defaults.hash_log, MATCH_TABLE_LOG),
+        chain_log=min(defaults.chain_log, MATCH_TABLE_LOG),
+        write_content_size=1,
+    )
+
+
 class Codec:
     """Seals and opens objects of one repository. Thread-safe."""
 
@@ -114,7 +137,9 @@ class Codec:
     def _compressor(self) -> zstandard.ZstdCompressor:
         compressor = getattr(self._local, "compressor", None)
         if compressor is None:
-            compressor = zstandard.ZstdCompressor(level=self.compression_level)
+            compressor = zstandard.ZstdCompressor(
+                compression_params=compression_parameters(self.compression_level)
+            )
             self._local.compressor = compressor
         return compressor
 
