@@ -96,6 +96,8 @@ def test_compression_tables_are_capped_and_frames_stay_standard() -> None:
     fast = zstandard.ZstdCompressionParameters.from_level(1)  # small tables already: unchanged
     capped_fast = codec_module.compression_parameters(1)
     assert (capped_fast.strategy, capped_fast.hash_log) == (fast.strategy, fast.hash_log)
+    strong = zstandard.ZstdCompressionParameters.from_level(9)
+    assert codec_module.compression_parameters(9).hash_log == strong.hash_log  # not capped
     data = b"vmkeep " * 300_000
     frame = zstandard.ZstdCompressor(compression_params=params).compress(data)
     assert len(frame) < len(data) // 100

@@ -72,12 +72,15 @@ class MasterKeys:
 
 
 MATCH_TABLE_LOG = 15
-"""Upper bound for zstd's hash and chain table sizes (log2 entries): see
+"""Upper bound for zstd's hash and chain table sizes (log2 entries) at the fast levels: see
 compression_parameters."""
+FAST_LEVELS = 3
+"""Levels up to this one (the default is 3) are tuned for speed."""
 
 
 def compression_parameters(level: int) -> zstandard.ZstdCompressionParameters:
-    """zstd's parameters for ``level``, with its match-finder tables capped at 2^15 entries.
+    """zstd's parameters for ``level``; at levels up to 3, with the match-finder tables
+    capped at 2^15 entries.
 
     For inputs of a chunk's size (1 MiB) level 3 uses a 2^17-entry hash table and a 2^16
     chain table (768 KiB), more than a core's L2 cache. Capped at 2^15 (256 KiB together)
@@ -86,6 +89,8 @@ def compression_parameters(level: int) -> zstandard.ZstdCompressionParameters:
     222.7 MiB in 2.3 s). Frames stay ordinary zstd frames, with their content size.
     """
     defaults = zstandard.ZstdCompressionParameters.from_level(level)
+    if level > FAST_LEVELS:
+        return defaults  # whoever asks for a higher level wants the ratio, not the speed
     return zstandard.ZstdCompressionParameters.from_level(
         level,
         hash_log=min(defaults.hash_log, MATCH_TABLE_LOG),
