@@ -46,7 +46,7 @@ from vmkeep.domain.vmspec import ExecResult, VmSpec
 from vmkeep.drivers import domain_xml, libvirt_backup, libvirt_snapshots, snapshot_repair
 from vmkeep.drivers.libvirt_backup import LibvirtExport
 from vmkeep.drivers.qemu_img import read_backing_chain
-from vmkeep.drivers.tpm_state import install_tpm_state, tpm_state_dir
+from vmkeep.drivers.tpm_state import install_restored_tpm, tpm_state_dir
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -351,15 +351,8 @@ class LibvirtHypervisor:
         definition = domain_xml.rewrite_for_restore(xml, new_name, disks, files_dir, nvram)
         with _translated(f"defining {new_name!r}"):
             dom = self._conn.defineXML(definition)
-        parsed = domain_xml.parse_domain(definition)
-        if not tpm_files or parsed.tpm_version is None:
-            return
-        try:
-            install_tpm_state(dom.UUIDString(), parsed.tpm_version, tpm_files)
-        except HypervisorError:
-            with _translated(f"undefining {new_name!r} again"):
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
-            raise
+        with _translated(f"setting up the TPM of {new_name!r}"):
+            install_restored_tpm(dom, definition, tpm_files or {})
 
     def delete_checkpoint(self, name: str, checkpoint: str) -> None:
         libvirt_backup.delete_checkpoint(self._lookup(name), checkpoint)
@@ -385,11 +378,7 @@ class LibvirtHypervisor:
         return snapshot_repair.finish_block_jobs(self._lookup(name))
 
     def remove_stray_files(self, name: str) -> list[str]:
-        dom = self._lookup(name)
-        documents = libvirt_snapshots.snapshot_documents(dom)
-        snapshots = libvirt_snapshots.list_snapshots(dom)
-        texts = {n: xml for n, (xml, _current) in documents.items()}
-        return snapshot_repair.remove_stray_files(dom, snapshots, texts)
+        return snapshot_repair.remove_stray_files(self._lookup(name))
 
 
 def _poll(fetch: Callable[[], dict[str, Any]], timeout: float, what: str) -> dict[str, Any]:

@@ -20,8 +20,8 @@ from typing import Any
 import libvirt
 
 from vmkeep.domain.errors import HypervisorError, VmkeepError
-from vmkeep.domain.snapshots import Snapshot, image_stem, safe_component, snapshot_disks
-from vmkeep.drivers import domain_xml, image_merge, overlays
+from vmkeep.domain.snapshots import image_stem, safe_component, snapshot_disks
+from vmkeep.drivers import domain_xml, image_merge, libvirt_snapshots, overlays
 from vmkeep.drivers.image_merge import translated
 
 log = logging.getLogger(__name__)
@@ -59,10 +59,12 @@ def finish_block_jobs(dom: Any) -> list[str]:
     return done
 
 
-def remove_stray_files(dom: Any, snapshots: list[Snapshot], documents: dict[str, str]) -> list[str]:
+def remove_stray_files(dom: Any) -> list[str]:
     """Remove overlays and memory states vmkeep made for this VM that neither the VM nor any
-    snapshot uses; return their paths. ``documents`` maps snapshot names to their XML."""
+    snapshot uses; return their paths."""
     vm = dom.name()
+    documents = {n: xml for n, (xml, _current) in libvirt_snapshots.snapshot_documents(dom).items()}
+    snapshots = libvirt_snapshots.list_snapshots(dom)
     with translated(f"reading the definition of {vm!r}"):
         xml = dom.XMLDesc(0)
         uuid = dom.UUIDString()

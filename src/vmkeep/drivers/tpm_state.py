@@ -14,8 +14,12 @@ import pwd
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+import libvirt
 
 from vmkeep.domain.errors import HypervisorError
+from vmkeep.drivers import domain_xml
 
 SWTPM_STORAGE = Path("/var/lib/libvirt/swtpm")
 SWTPM_USER = "tss"  # libvirt's default swtpm_user on Debian (qemu.conf)
@@ -53,3 +57,17 @@ def install_tpm_state(
     except OSError as exc:
         raise HypervisorError(f"cannot restore the TPM state into {target}: {exc}") from exc
     return str(target)
+
+
+def install_restored_tpm(dom: Any, definition: str, files: Mapping[str, str]) -> None:
+    """Put a restored VM's TPM state (``files``) in place for the just-defined ``dom``. If
+    that fails the domain is undefined again (a restored VM without its TPM would start with
+    a new, empty one) and HypervisorError raised. Nothing to do without files or a TPM."""
+    version = domain_xml.parse_domain(definition).tpm_version
+    if not files or version is None:
+        return
+    try:
+        install_tpm_state(dom.UUIDString(), version, files)
+    except HypervisorError:
+        dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        raise
