@@ -174,7 +174,8 @@ def test_a_failed_revert_keeps_the_snapshot_and_says_how_to_finish() -> None:
     with pytest.raises(RevertFailedError) as failed:
         try_change(deps, request(), now=NOW)
     assert f"vmkeep snapshot revert web {SNAPSHOT}" in str(failed.value)
-    assert failed.value.exit_code == HypervisorError.exit_code
+    assert failed.value.exit_code == 18
+    assert isinstance(failed.value.__cause__, HypervisorError)
     assert [s.name for s in hv.list_snapshots("web")] == [SNAPSHOT]
 
 
@@ -186,3 +187,24 @@ def test_a_snapshot_that_cannot_be_merged_is_reported() -> None:
     assert result.cleanup_error is not None and SNAPSHOT in result.cleanup_error
     (snapshot,) = hv.list_snapshots("web")
     assert snapshot.facts is not None and snapshot.facts.expires is not None  # prune finds it
+
+
+def test_the_vm_stays_locked_for_the_whole_try() -> None:
+    """A backup starting during the change or the check is refused: nothing can take the
+    lock between the change and a revert."""
+    hv, _runner, deps = setup({"upgrade": [0], "healthy": [1]})
+    locks = deps.locks
+    assert isinstance(locks, MemoryLocks)
+    seen_during_change: list[dict[str, str]] = []
+    original = deps.runner.run
+
+    def run_and_look(argv, env, timeout):  # type: ignore[no-untyped-def]
+        seen_during_change.append(dict(locks.held))
+        return original(argv, env, timeout)
+
+    deps.runner.run = run_and_look  # type: ignore[method-assign]
+    result = try_change(deps, request(), now=NOW)
+    assert result.outcome == "reverted"
+    uuid = hv.get_vm("web").uuid
+    assert all(held == {uuid: "a try of 'web'"} for held in seen_during_change)
+    assert locks.held == {}

@@ -56,7 +56,7 @@ def try_command(
 ) -> None:
     """Transactional maintenance: snapshot VM, run the change, run the check; keep the change
     and merge the snapshot away if both succeed, else revert to the snapshot. Exits 0 when
-    the change was kept, 1 when it was reverted."""
+    the change was kept, 1 when it was reverted, 18 when the revert failed too."""
     if not command:
         raise UsageError("give the change command after --")
     check_argv = ("/bin/sh", "-c", check) if check_in_guest else tuple(shlex.split(check))
@@ -81,8 +81,6 @@ def try_command(
     else:
         _print_result(result)
     if result.outcome != "kept":
-        raise typer.Exit(EXIT_REVERTED)
-    if result.cleanup_error:
         raise typer.Exit(EXIT_REVERTED)
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,12 @@ def finish_block_jobs(dom: Any) -> list[str]:
         elif kind == libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COMMIT:
             image_merge.wait_for_job(dom, disk.target, pivot=False)
             done.append(f"{disk.target}: waited for an interrupted block commit to finish")
+        elif kind == getattr(libvirt, "VIR_DOMAIN_BLOCK_JOB_TYPE_BACKUP", 6):
+            # A killed `vmkeep backup` left its pull-mode job; pull jobs end with abortJob
+            # (the next backup deletes the checkpoint no manifest names).
+            with translated(f"ending the backup job left on {dom.name()!r}"):
+                dom.abortJob()
+            done.append("ended a backup job an interrupted backup left running")
         else:
             raise HypervisorError(
                 f"{disk.target} of {dom.name()!r} has a block job vmkeep does not start (type "
@@ -60,32 +67,33 @@ def finish_block_jobs(dom: Any) -> list[str]:
 
 
 def remove_stray_files(dom: Any) -> list[str]:
-    """Remove overlays and memory states vmkeep made for this VM that neither the VM nor any
-    snapshot uses; return their paths."""
+    """Remove overlays and memory states vmkeep made for this VM that nothing uses; return
+    their paths.
+
+    An overlay counts as this VM's only if its name has the stem of one of the VM's own
+    images (its disks and its snapshots' images, not the shared images below them) and its
+    *direct* backing file is one of those images; and nothing on the host may use it: the
+    files every domain and every snapshot reads are protected, not just this VM's (a linked
+    clone shares images with its template, and the template's overlays must survive).
+    """
     vm = dom.name()
-    documents = {n: xml for n, (xml, _current) in libvirt_snapshots.snapshot_documents(dom).items()}
     snapshots = libvirt_snapshots.list_snapshots(dom)
     with translated(f"reading the definition of {vm!r}"):
         xml = dom.XMLDesc(0)
         uuid = dom.UUIDString()
     disks = snapshot_disks(domain_xml.parse_domain(xml).disks)
-    known = [d.source for d in disks.values() if d.source]
-    known += [p for s in snapshots for d in s.disks for p in (d.frozen, d.overlay) if p]
+    own = [d.source for d in disks.values() if d.source]
+    own += [p for s in snapshots for d in s.disks for p in (d.frozen, d.overlay) if p]
+    own_real = {os.path.realpath(p) for p in own}
     memory_files = {os.path.realpath(s.memory_file) for s in snapshots if s.memory_file}
-    directories = {str(Path(p).parent) for p in [*known, *memory_files]}
+    directories = {str(Path(p).parent) for p in [*own, *memory_files]}
     try:
-        in_use = image_merge.files_in_use(dom, documents)
-        chains = {
-            os.path.realpath(layer.path)
-            for path in known
-            if Path(path).exists()
-            for layer in overlays.image_chain(path)
-        }
+        in_use = _used_on_host(dom.connect())
     except VmkeepError as exc:
         log.warning("not looking for stray files of %s: %s", vm, exc)
         return []
-    in_use |= {i for i in (overlays.file_identity(p) for p in known) if i is not None}
-    overlay_name = _overlay_pattern({image_stem(p) for p in chains} | _dir_stems(vm, chains))
+    in_use |= {i for i in (overlays.file_identity(p) for p in own) if i is not None}
+    overlay_name = _overlay_pattern({image_stem(p) for p in own} | _dir_stems(vm, own))
     memory_name = re.compile(
         rf"^{re.escape(safe_component(vm))}\.[A-Za-z0-9_+-]+\.[0-9a-f]{{6}}\.mem$"
     )
@@ -95,7 +103,7 @@ def remove_stray_files(dom: Any) -> list[str]:
             path = str(entry)
             if overlays.file_identity(path) in in_use or os.path.realpath(path) in memory_files:
                 continue
-            ours = (overlay_name.match(entry.name) and _backed_by(path, chains)) or (
+            ours = (overlay_name.match(entry.name) and _backed_by(path, own_real)) or (
                 memory_name.match(entry.name) and _saved_from(path, uuid)
             )
             if ours:
@@ -103,10 +111,27 @@ def remove_stray_files(dom: Any) -> list[str]:
     return overlays.remove_images(strays, in_use)
 
 
-def _dir_stems(vm: str, chains: set[str]) -> set[str]:
+def _used_on_host(conn: Any) -> set[tuple[int, int]]:
+    """Identities of every image any domain on this connection reads, or any of its
+    snapshots needs (with their backing chains), and of every snapshot memory file."""
+    used: set[tuple[int, int]] = set()
+    with translated("listing the domains"):
+        domains = conn.listAllDomains(0)
+    for other in domains:
+        texts = {n: x for n, (x, _c) in libvirt_snapshots.snapshot_documents(other).items()}
+        used |= image_merge.files_in_use(other, texts)
+        for snap in libvirt_snapshots.list_snapshots(other):
+            for path in [snap.memory_file, *(d.overlay for d in snap.disks)]:
+                identity = overlays.file_identity(path) if path else None
+                if identity is not None:
+                    used.add(identity)
+    return used
+
+
+def _dir_stems(vm: str, images: Iterable[str]) -> set[str]:
     """Overlays made with ``--dir`` start with the VM's name: ``<vm>-vda``."""
     prefix = safe_component(vm) + "-"
-    return {prefix + image_stem(p) for p in chains}
+    return {prefix + image_stem(p) for p in images}
 
 
 def _overlay_pattern(stems: set[str]) -> re.Pattern[str]:
@@ -114,13 +139,13 @@ def _overlay_pattern(stems: set[str]) -> re.Pattern[str]:
     return re.compile(rf"^(?:{alternatives})\.(?:revert-)?[A-Za-z0-9_+-]+\.[0-9a-f]{{6}}\.qcow2$")
 
 
-def _backed_by(path: str, chains: set[str]) -> bool:
-    """Whether the image's backing chain reaches one of the VM's images."""
+def _backed_by(path: str, own: set[str]) -> bool:
+    """Whether the image's direct backing file is one of the VM's own images."""
     try:
         layers = overlays.image_chain(path)
     except VmkeepError:
         return False
-    return any(os.path.realpath(layer.path) in chains for layer in layers[1:])
+    return len(layers) > 1 and os.path.realpath(layers[1].path) in own
 
 
 def _saved_from(path: str, uuid: str) -> bool:

@@ -12,7 +12,9 @@ snapshot that ``snapshot usage`` flags and ``snapshot prune --expired`` removes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -87,6 +89,31 @@ class TryResult:
 class RevertFailedError(VmkeepError):
     """The change failed and going back failed too: the snapshot is kept for the user."""
 
+    exit_code = 18
+
+
+class _HeldLocks:
+    """The VM's host lock, taken once for the whole try: the snapshot, revert and delete
+    steps inside it find it held by us and go ahead, while a backup or another snapshot
+    operation that starts meanwhile (during the change or the check) is refused, so nothing
+    can take the lock away between the change and a revert."""
+
+    def __init__(self, locks: HostLocks) -> None:
+        self._locks = locks
+        self._held: set[str] = set()
+
+    @contextlib.contextmanager
+    def hold(self, key: str, what: str) -> Iterator[None]:
+        if key in self._held:
+            yield
+            return
+        with self._locks.hold(key, what):
+            self._held.add(key)
+            try:
+                yield
+            finally:
+                self._held.discard(key)
+
 
 @dataclass(frozen=True, slots=True)
 class TryDeps:
@@ -99,9 +126,17 @@ class TryDeps:
 
 
 def try_change(deps: TryDeps, request: TryRequest, *, now: datetime) -> TryResult:
-    """Run ``request`` (see the module docstring). Raises what snapshot creation raises
-    (nothing has changed then), and RevertFailedError (exit code of the underlying error)
-    when the change failed and the revert did too."""
+    """Run ``request`` (see the module docstring), holding the VM's host lock throughout.
+    Raises what snapshot creation raises (nothing has changed then; LockedError if a backup
+    or snapshot operation runs), and RevertFailedError (exit code 18) when the change failed
+    and the revert did too."""
+    vm = deps.hypervisor.get_vm(request.vm)
+    locks = _HeldLocks(deps.locks)
+    with locks.hold(vm.uuid, f"a try of {request.vm!r}"):
+        return _try_locked(deps, locks, request, now)
+
+
+def _try_locked(deps: TryDeps, locks: HostLocks, request: TryRequest, now: datetime) -> TryResult:
     hv = deps.hypervisor
     name = "vmkeep-try-" + now.strftime("%Y%m%dT%H%M%SZ")
     options = SnapshotOptions(
@@ -111,8 +146,7 @@ def try_change(deps: TryDeps, request: TryRequest, *, now: datetime) -> TryResul
         expire=TRY_SNAPSHOT_EXPIRY,
         directory=request.directory,
     )
-    created = create_snapshots(hv, deps.locks, [request.vm], options, now=now).snapshots[0]
-    warnings = list(created.warnings)
+    created = create_snapshots(hv, locks, [request.vm], options, now=now).snapshots[0]
     env = {"VMKEEP_VM": request.vm, "VMKEEP_SNAPSHOT": name}
     try:
         change = _run(deps, request.vm, request.change, {**env, "VMKEEP_PHASE": "change"})
@@ -131,19 +165,20 @@ def try_change(deps: TryDeps, request: TryRequest, *, now: datetime) -> TryResul
     revert_seconds = None
     if not passed:
         try:
-            revert_seconds = revert_snapshot(hv, deps.locks, request.vm, name).seconds
+            revert_seconds = revert_snapshot(hv, locks, request.vm, name).seconds
         except VmkeepError as exc:
-            failure = RevertFailedError(
+            raise RevertFailedError(
                 f"the change failed and reverting {request.vm!r} failed too: {exc}; snapshot "
                 f"{name!r} is kept: run `vmkeep snapshot revert {request.vm} {name}`"
-            )
-            failure.exit_code = exc.exit_code
-            raise failure from exc
+            ) from exc
     cleanup_error = None
     try:
-        delete_snapshot(hv, deps.locks, request.vm, name)
+        delete_snapshot(hv, locks, request.vm, name)
     except VmkeepError as exc:
-        cleanup_error = f"snapshot {name!r} could not be merged away: {exc}"
+        cleanup_error = (
+            f"snapshot {name!r} could not be merged away ({exc}); it expires in a day and "
+            "`vmkeep snapshot prune --expired` removes it"
+        )
         log.error("%s", cleanup_error)
     return TryResult(
         vm=request.vm,
@@ -154,7 +189,7 @@ def try_change(deps: TryDeps, request: TryRequest, *, now: datetime) -> TryResul
         snapshot_seconds=created.seconds,
         revert_seconds=revert_seconds,
         cleanup_error=cleanup_error,
-        warnings=tuple(warnings),
+        warnings=created.warnings,
     )
 
 
