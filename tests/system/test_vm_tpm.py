@@ -63,6 +63,7 @@ def test_tpm_state_is_backed_up_and_restored_into_the_copy(
     try:
         run_vmkeep(env, "restore", manifest["backup_id"], "--to", str(target), "--as", COPY)
         assert (target / "tpm2-00.permall").read_bytes() == state
+        assert (target / "tpm2-00.permall").stat().st_mode & 0o777 == 0o600  # a secret
         copy_uuid = virsh("domuuid", COPY).stdout.strip()
         assert copy_uuid != vm["uuid"]
         restored = SWTPM / copy_uuid / "tpm2" / "tpm2-00.permall"

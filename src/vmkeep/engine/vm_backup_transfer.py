@@ -53,7 +53,13 @@ def _transfer(deps: VmBackupDeps, item: Prepared) -> dict[str, DiskOutcome]:
             results[disk.target] = _transfer_disk(deps, item, disk, reader, parent)
     if item.vm.nvram:
         results[NVRAM] = _store_file(deps, NVRAM, Path(item.vm.nvram))
-    for path in _tpm_files(item.vm.tpm_state):
+    tpm_files = _tpm_files(item.vm.tpm_state)
+    if item.vm.tpm_state and not tpm_files:
+        item.warnings.append(
+            f"the VM has an emulated TPM but no state was found in {item.vm.tpm_state}: "
+            "a restored copy would get a new, empty TPM"
+        )
+    for path in tpm_files:
         results[TPM_PREFIX + path.name] = _store_file(deps, TPM_PREFIX + path.name, path)
     return results
 

@@ -9,6 +9,7 @@ overwritten without ``force``, and a running VM never.
 from __future__ import annotations
 
 import contextlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,7 +115,12 @@ def _restore_files(
             bytes(index.chunk_length(n)) if cid == ZERO_CHUNK else session.repo.load_chunk(cid)
             for n, cid in enumerate(index.chunk_ids)
         )
-        target.write_bytes(data)
+        # UEFI variables and TPM state are secrets (the TPM's seeds unseal disk keys):
+        # readable by root only, like libvirt keeps them.
+        target.unlink(missing_ok=True)
+        descriptor = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
         done.append(target)
         if record.name == NVRAM:
             nvram = str(target)
