@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_PREFIX, run_vmkeep, virsh
+from tests.conftest import TEST_PREFIX, VMKEEP, run_vmkeep, virsh
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
 
@@ -592,6 +592,46 @@ def test_repair_finishes_what_a_killed_vmkeep_left(
     assert_no_strays(vm_dir)
     assert snapshot(env, "repair", VM)["actions"] == []  # nothing left to do
     snapshot(env, "delete", VM, "kept")
+    assert_no_strays(vm_dir)
+
+
+def test_a_delete_killed_by_sigkill_is_listed_truthfully_and_repaired(
+    env: dict[str, str], vm: dict[str, Any]
+) -> None:
+    """A real kill -9 of `snapshot delete` as soon as it has marked the snapshot (polled
+    through virsh); wherever in the merge the kill lands, the listing says so and repair
+    leaves the VM as a completed delete would."""
+    vm_dir = Path(vm["lab_dir"])
+    snapshot(env, "create", VM, "--name", "base-of-kill")
+    snapshot(env, "create", VM, "--name", "killed")
+    guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=16 seek=8 conv=fsync 2>/dev/null")
+    data = md5s(env)
+    depth = len(chain(sources()["vdb"]))
+    deleting = subprocess.Popen(
+        [*VMKEEP, "snapshot", "delete", VM, "killed"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    marked = False
+    deadline = time.monotonic() + 30
+    while deleting.poll() is None and time.monotonic() < deadline:
+        dumped = virsh("snapshot-dumpxml", VM, "killed", check=False).stdout
+        if "deleting" in dumped:
+            marked = True
+            break
+    deleting.kill()
+    deleting.wait()
+    assert marked, "the delete finished before it could be killed"
+    if "killed" in snapshot_names():  # the kill landed before the metadata went
+        entry = next(s for s in listing(env)["snapshots"] if s["name"] == "killed")
+        assert entry["deleting"] is True
+    snapshot(env, "repair", VM)
+    assert snapshot_names() == {"base-of-kill"}
+    assert md5s(env) == data
+    assert len(chain(sources()["vdb"])) == depth - 1
+    assert_no_strays(vm_dir)
+    snapshot(env, "delete", VM, "base-of-kill")
     assert_no_strays(vm_dir)
 
 
