@@ -61,6 +61,12 @@ def error(message: str) -> None:
     stderr.print(f"[bold red]error:[/bold red] {escape(message)}", soft_wrap=True)
 
 
+def warn(*warnings: str) -> None:
+    """Warnings that belong to a command's result (printed with it on stdout)."""
+    for warning in warnings:
+        stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+
+
 def escape(text: str) -> str:
     """Make arbitrary text (VM names with brackets) safe inside Rich markup."""
     return rich_escape(text)

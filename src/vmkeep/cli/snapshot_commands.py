@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from vmkeep.cli import snapshot_upkeep_commands
-from vmkeep.cli.output import escape, print_json, stdout
+from vmkeep.cli.output import escape, print_json, stdout, warn
 from vmkeep.cli.repo_options import QuiesceOption
 from vmkeep.cli.state import services_for
 from vmkeep.cli.vm_commands import JsonFlag
@@ -109,8 +109,7 @@ def create(
             f"{consistency}, {len(snap.disks)} disk(s) in {created.seconds:.2f} s"
             + (f", expires {_iso(expires)}" if expires else "")
         )
-        for warning in created.warnings:
-            stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+        warn(*created.warnings)
     if result.group:
         stdout.print(f"consistency group {result.group}")
 

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from vmkeep.cli.output import escape, print_json, stdout
+from vmkeep.cli.output import escape, print_json, stdout, warn
 from vmkeep.cli.state import services_for
 from vmkeep.cli.vm_commands import JsonFlag
 from vmkeep.domain.snapshot_policy import (
@@ -208,8 +208,7 @@ def _print_usage(report: SnapshotUsage) -> None:
             escape(", ".join(f.vms)),
         )
     stdout.print(filesystems)
-    for warning in report.warnings:
-        stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+    warn(*report.warnings)
 
 
 def repair(
@@ -231,5 +230,4 @@ def repair(
         stdout.print(f"[bold]{escape(result.vm)}[/]: nothing to repair")
     for action in result.actions:
         stdout.print(f"[bold]{escape(result.vm)}[/]: {escape(action)}")
-    for warning in result.warnings:
-        stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+    warn(*result.warnings)

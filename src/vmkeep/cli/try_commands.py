@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from vmkeep.cli.output import escape, print_json, stdout
+from vmkeep.cli.output import escape, print_json, stdout, warn
 from vmkeep.cli.repo_options import QuiesceOption
 from vmkeep.cli.state import services_for
 from vmkeep.cli.vm_commands import JsonFlag
@@ -127,8 +127,7 @@ def _print_result(result: TryResult) -> None:
         f"[bold]{vm}[/]: snapshot {escape(result.snapshot)!r} taken in "
         f"{result.snapshot_seconds:.2f} s"
     )
-    for warning in result.warnings:
-        stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+    warn(*result.warnings)
     stdout.print(_describe("change", result.change))
     stdout.print(_describe("check", result.check))
     failed = result.check if result.change.ok and result.check else result.change
@@ -142,4 +141,4 @@ def _print_result(result: TryResult) -> None:
             f"({result.revert_seconds or 0:.1f} s)"
         )
     if result.cleanup_error:
-        stdout.print(f"[yellow]warning:[/] {escape(result.cleanup_error)}")
+        warn(result.cleanup_error)

@@ -12,7 +12,7 @@ import typer
 from rich.table import Table
 
 from vmkeep.cli.backup_commands import WorkersOption
-from vmkeep.cli.output import escape, print_json, stderr, stdout
+from vmkeep.cli.output import escape, print_json, stderr, stdout, warn
 from vmkeep.cli.progress import TerminalProgress
 from vmkeep.cli.repo_options import (
     JsonOption,
@@ -120,8 +120,7 @@ def _render(result: VmBackupResult) -> None:
             f"{disk.seconds:.1f} s",
         )
     stdout.print(table)
-    for warning in manifest.warnings:
-        stdout.print(f"[yellow]warning:[/] {escape(warning)}")
+    warn(*manifest.warnings)
 
 
 def restore_command(
