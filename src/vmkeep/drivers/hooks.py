@@ -4,11 +4,10 @@ the environment (``VMKEEP_VM``, ``VMKEEP_PHASE``, ``VMKEEP_BACKUP_ID``)."""
 from __future__ import annotations
 
 import logging
-import os
-import subprocess
 from collections.abc import Mapping, Sequence
 
-from vmkeep.domain.errors import HookError
+from vmkeep.domain.errors import HookError, ToolError
+from vmkeep.drivers.host_commands import SubprocessRunner
 
 log = logging.getLogger(__name__)
 
@@ -24,14 +23,15 @@ class CommandHooks:
         argv = self._commands.get(phase)
         if not argv:
             return
-        env = {**os.environ, "VMKEEP_VM": vm, "VMKEEP_PHASE": phase, "VMKEEP_BACKUP_ID": backup_id}
+        env = {"VMKEEP_VM": vm, "VMKEEP_PHASE": phase, "VMKEEP_BACKUP_ID": backup_id}
         log.info("running the %s hook for %s: %s", phase, vm, argv[0])
+        # The same runner as `vmkeep try`: own session, killed as a group on timeout, output
+        # in files, so a daemon a hook starts cannot hold the backup up.
         try:
-            done = subprocess.run(
-                argv, env=env, capture_output=True, text=True, timeout=self._timeout, check=False
-            )
-        except (OSError, subprocess.TimeoutExpired) as exc:
+            done = SubprocessRunner().run(argv, env, self._timeout)
+        except ToolError as exc:
             raise HookError(f"the {phase} hook for {vm!r} could not run: {exc}") from exc
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or [""])[-1]
-            raise HookError(f"the {phase} hook for {vm!r} exited {done.returncode}: {last}")
+        if done.exit_code != 0:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            last = lines[-1] if lines else ""
+            raise HookError(f"the {phase} hook for {vm!r} exited {done.exit_code}: {last}")
