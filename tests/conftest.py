@@ -87,6 +87,22 @@ def cli_env(workdir: Path, lab_root: Path) -> dict[str, str]:
     return env
 
 
+def repository_env(cli_env: dict[str, str], workdir: Path, name: str) -> dict[str, str]:
+    """``cli_env`` plus a fresh encrypted repository ``workdir/<name>-repo`` (password file
+    0600) and its own dedup cache; for the tests that back VMs up."""
+    password = workdir / f"{name}-password"
+    password.write_text(f"{name} tests\n")
+    password.chmod(0o600)
+    environment = {
+        **cli_env,
+        "VMKEEP_PASSWORD_FILE": str(password),
+        "VMKEEP_REPO": str(workdir / f"{name}-repo"),
+        "XDG_CACHE_HOME": str(workdir / f"{name}-cache"),
+    }
+    run_vmkeep(environment, "repo", "init")
+    return environment
+
+
 def run_vmkeep(
     env: dict[str, str], *args: str, check: bool = True, timeout: float = 600
 ) -> subprocess.CompletedProcess[str]:

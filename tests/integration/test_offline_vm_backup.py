@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import TEST_PREFIX, run_vmkeep, virsh
+from tests.conftest import TEST_PREFIX, repository_env, run_vmkeep, virsh
 
 pytestmark = pytest.mark.libvirt
 
@@ -20,16 +20,7 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def env(cli_env: dict[str, str], workdir: Path) -> dict[str, str]:
-    password = workdir / "offline-password"
-    password.write_text("offline\n")
-    password.chmod(0o600)
-    environment = {
-        **cli_env,
-        "VMKEEP_PASSWORD_FILE": str(password),
-        "VMKEEP_REPO": str(workdir / "offline-repo"),
-    }
-    run_vmkeep(environment, "repo", "init")
-    return environment
+    return repository_env(cli_env, workdir, "offline")
 
 
 @pytest.fixture(scope="module")

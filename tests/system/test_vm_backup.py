@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_PREFIX, VMKEEP, run_vmkeep, virsh
+from tests.conftest import TEST_PREFIX, VMKEEP, repository_env, run_vmkeep, virsh
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
 
@@ -25,17 +25,7 @@ MiB = 1 << 20
 
 @pytest.fixture(scope="module")
 def env(cli_env: dict[str, str], workdir: Path) -> dict[str, str]:
-    password = workdir / "backup-password"
-    password.write_text("backup tests\n")
-    password.chmod(0o600)
-    environment = {
-        **cli_env,
-        "VMKEEP_PASSWORD_FILE": str(password),
-        "VMKEEP_REPO": str(workdir / "vm-repo"),
-        "XDG_CACHE_HOME": str(workdir / "cache"),
-    }
-    run_vmkeep(environment, "repo", "init")
-    return environment
+    return repository_env(cli_env, workdir, "backup")
 
 
 @pytest.fixture(scope="module")

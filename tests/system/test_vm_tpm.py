@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import TEST_PREFIX, run_vmkeep, virsh
+from tests.conftest import TEST_PREFIX, repository_env, run_vmkeep, virsh
 
 pytestmark = [pytest.mark.slow, pytest.mark.libvirt]
 
@@ -22,17 +22,7 @@ SWTPM = Path("/var/lib/libvirt/swtpm")
 
 @pytest.fixture(scope="module")
 def env(cli_env: dict[str, str], workdir: Path) -> dict[str, str]:
-    password = workdir / "tpm-password"
-    password.write_text("tpm tests\n")
-    password.chmod(0o600)
-    environment = {
-        **cli_env,
-        "VMKEEP_PASSWORD_FILE": str(password),
-        "VMKEEP_REPO": str(workdir / "tpm-repo"),
-        "XDG_CACHE_HOME": str(workdir / "cache"),
-    }
-    run_vmkeep(environment, "repo", "init")
-    return environment
+    return repository_env(cli_env, workdir, "tpm")
 
 
 @pytest.fixture(scope="module")
