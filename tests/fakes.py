@@ -23,6 +23,7 @@ from vmkeep.domain.inventory import (
     AgentStatus,
     DiskDevice,
     DiskInfo,
+    SnapshotInfo,
     SourceType,
     VmInfo,
     VmState,
@@ -95,6 +96,19 @@ class FakeHypervisor:
                 for d in vm.spec.disks
             ),
             agent=agent,
+            snapshots=tuple(
+                SnapshotInfo(
+                    name=snap.name,
+                    created=snap.created,
+                    parent=snap.parent,
+                    state=snap.state,
+                    current=snap.current,
+                    external=snap.external,
+                    memory=snap.kind is SnapshotKind.MEMORY,
+                    description=snap.description,
+                )
+                for snap in self._snapshot_book().get(name, [])
+            ),
             lab_dir=vm.spec.lab_dir,
         )
 

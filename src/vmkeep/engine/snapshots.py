@@ -37,6 +37,7 @@ from vmkeep.domain.snapshots import (
     SnapshotFacts,
     SnapshotRequest,
     TreeEntry,
+    decode_facts,
     default_snapshot_name,
     encode_facts,
     image_stem,
@@ -136,7 +137,7 @@ def create_snapshots(
         members = [_Member(vm) for vm in vms]
         group = secrets.token_hex(4) if len(members) > 1 else None
         for member in members:
-            _plan(member, hv.list_snapshots(member.vm.name), name, options, now, group, names)
+            _plan(member, name, options, now, group, names)
         _check_space(hv, members)
         started = time.monotonic()
         taken: list[CreatedSnapshot] = []
@@ -163,7 +164,6 @@ def create_snapshots(
 
 def _plan(
     member: _Member,
-    snapshots: Sequence[Snapshot],
     name: str,
     options: SnapshotOptions,
     now: datetime,
@@ -174,7 +174,10 @@ def _plan(
     vm = member.vm
     if any(s.name == name for s in vm.snapshots):
         raise AlreadyExistsError(f"{vm.name!r} already has a snapshot named {name!r}")
-    if any(s.facts is not None and s.facts.deleting for s in snapshots):
+    # From the inventory already read: listing the snapshots would also measure every
+    # overlay with qemu-img, on the way to the moment the guest is frozen.
+    facts = [decode_facts(s.description) for s in vm.snapshots]
+    if any(f is not None and f.deleting for f in facts):
         raise UsageError(
             f"a snapshot delete of {vm.name!r} was interrupted; finish it first with "
             f"`vmkeep snapshot repair {vm.name}`"
