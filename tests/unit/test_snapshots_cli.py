@@ -57,3 +57,47 @@ def test_list_json_and_human(capsys: pytest.CaptureFixture[str]) -> None:
     assert vm["disks"][0]["target"] == "vda"
     code, out, _ = run(capsys, "list", "test", "--tree")
     assert code == 0 and out.strip() == "test: no snapshots"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("prune",), "give at least one of --older-than, --keep-last and --expired"),
+        (("prune", "--keep-last", "-1"), "--keep-last must be 0 or more"),
+        (("prune", "--older-than", "soon"), "invalid duration"),
+        (("usage", "--max-age", "soon"), "invalid duration"),
+    ],
+)
+def test_upkeep_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    code, out, err = run(capsys, *args)
+    assert code == 2, err
+    assert message in err
+    assert out == ""
+
+
+def test_upkeep_json_without_snapshots(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "usage", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"vms": [], "filesystems": [], "warnings": []}
+    code, out, err = run(capsys, "prune", "--expired", "--dry-run", "--json")
+    assert code == 0, err
+    assert json.loads(out) == {"dry_run": True, "snapshots": []}
+    code, _, err = run(capsys, "repair", "no such vm")
+    assert code == 3 and "no VM named" in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--check", "  ", "--", "true"), "--check must not be empty"),
+        (("--check", "true", "--timeout", "soon", "--", "true"), "invalid duration"),
+    ],
+)
+def test_try_usage_errors_exit_2(
+    capsys: pytest.CaptureFixture[str], args: tuple[str, ...], message: str
+) -> None:
+    code = main(["-c", TEST_URI, "try", "test", *args])
+    _out, err = capsys.readouterr()
+    assert code == 2 and message in err
