@@ -81,6 +81,23 @@ def test_round_trip_is_identical_and_thin(env: dict[str, str], tmp_path: Path, f
         assert target.stat().st_blocks * 512 < 16 * MiB
 
 
+def test_backup_of_an_overlay_restores_identical(env: dict[str, str], tmp_path: Path) -> None:
+    """Part of an overlay's data is read from its file directly, the rest (its backing
+    file's) through qemu-nbd: the restore must still be the overlay's view, bit for bit."""
+    base = make_image(tmp_path / "base.qcow2", "16M")
+    qemu_io(base, "write -P 0x11 0 6M")
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
+        check=True,
+    )
+    qemu_io(overlay, "write -P 0x22 2M 1536k", "write -z 4M 1M")
+    manifest = backup(env, overlay)
+    target = tmp_path / "restored.qcow2"
+    restore(env, str(manifest["backup_id"]), target)
+    compare(overlay, target)
+
+
 @pytest.fixture
 def no_direct_io_dir(tmp_path: Path) -> Iterator[Path]:
     """A ramfs mount: a filesystem without O_DIRECT, where qemu-nbd --cache=none cannot open."""

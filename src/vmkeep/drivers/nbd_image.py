@@ -21,6 +21,7 @@ import nbd
 
 from vmkeep.domain.errors import AlreadyExistsError, NotFoundError, ToolError, UsageError
 from vmkeep.drivers.allocator import allocator_environment
+from vmkeep.drivers.image_map import MappedFileReader, image_map, open_direct
 from vmkeep.drivers.nbd_client import (
     CONNECT_TIMEOUT,
     NbdPool,
@@ -167,12 +168,27 @@ class QemuImageIO:
         *,
         image_format: str | None = None,
         bitmap: str | None = None,
-    ) -> Iterator[NbdReader]:
+    ) -> Iterator[NbdReader | MappedFileReader]:
         if not path.exists():
             raise NotFoundError(f"{path} does not exist")
         fmt = image_format or probe_format(path)
         with serve_image(path, fmt, connections, writable=False, bitmap=bitmap) as pool:
-            yield NbdReader(pool, f"qemu:dirty-bitmap:{bitmap}" if bitmap else None)
+            reader = NbdReader(pool, f"qemu:dirty-bitmap:{bitmap}" if bitmap else None)
+            # qemu-nbd now holds the image's read lock, so the file cannot change under a
+            # direct reader: plain data is read from the file, the rest through NBD.
+            ranges = image_map(path, fmt)
+            if ranges is None:
+                yield reader
+                return
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            direct_fd = None
+            try:
+                direct_fd = open_direct(path)
+                yield MappedFileReader(reader, fd, ranges, direct_fd)
+            finally:
+                os.close(fd)
+                if direct_fd is not None:
+                    os.close(direct_fd)
 
     @contextlib.contextmanager
     def create_writer(

@@ -1,0 +1,202 @@
+"""Reading an idle image's data straight from its file, where QEMU says where it lies.
+
+``qemu-img map`` tells, for every range of the virtual disk, whether it is allocated and at
+which offset of the image *file* its bytes are stored. For raw images and for plain qcow2
+clusters (not compressed, not encrypted, no external data file) those bytes are the guest's
+bytes as they are, so they can be read with ``pread`` on the file: no copy through qemu-nbd's
+socket and process, which cost about 5 CPU seconds per 3 GiB here, a fifth of a first
+backup's CPU time. Everything else (compressed clusters, backing files, formats QEMU must
+decode) is still read through NBD.
+
+Only for images nothing writes to: the caller keeps qemu-nbd serving the image read-only
+while this reader is used, so QEMU's image lock keeps writers out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import errno
+import json
+import mmap
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from vmkeep.domain.errors import ToolError
+from vmkeep.domain.extents import Extent
+from vmkeep.drivers.nbd_client import NbdReader
+from vmkeep.drivers.process import run_tool
+
+DIRECT_FORMATS = ("raw", "qcow2")
+DIRECT_ALIGNMENT = 4096
+"""Reads at offsets and of lengths that are multiples of this (every qcow2 cluster is) go
+through an O_DIRECT descriptor: the data is read once, so the page cache would only cost CPU
+(about 1.6 of 1.9 system CPU seconds per 3 GiB here) and push the host's useful pages out.
+Unaligned pieces (a raw image's tail) use the ordinary descriptor."""
+
+
+@dataclass(frozen=True, slots=True)
+class MappedRange:
+    """``length`` bytes of the virtual disk from ``start``: zeros, at ``host_offset`` of the
+    image file, or (``host_offset`` None, not zero) only readable through QEMU."""
+
+    start: int
+    length: int
+    host_offset: int | None
+    zero: bool
+
+
+def parse_map(entries: list[dict[str, Any]]) -> list[MappedRange]:
+    """``qemu-img map --output=json`` entries as MappedRanges, in order.
+
+    A range's bytes are in this file only at depth 0 with a valid offset; data that comes from
+    a backing file (depth > 0) or has no offset (compressed) is left to QEMU. Raises
+    ToolError for output that does not cover the disk in order.
+    """
+    ranges: list[MappedRange] = []
+    position = 0
+    for entry in entries:
+        start, length = int(entry["start"]), int(entry["length"])
+        if start != position or length <= 0:
+            raise ToolError(f"qemu-img map: unexpected range at {start} (expected {position})")
+        position = start + length
+        zero = bool(entry.get("zero"))
+        direct = not zero and entry.get("depth") == 0 and entry.get("data") and "offset" in entry
+        ranges.append(MappedRange(start, length, int(entry["offset"]) if direct else None, zero))
+    return ranges
+
+
+def image_map(path: Path, image_format: str) -> list[MappedRange] | None:
+    """Where the data of ``path`` lies in the file, or None when it cannot be read directly
+    (another format, encryption, an external data file)."""
+    if image_format not in DIRECT_FORMATS:
+        return None
+    if image_format == "qcow2":
+        info = json.loads(
+            run_tool(["qemu-img", "info", "--output=json", "-f", "qcow2", "--", str(path)])
+        )
+        specific = info.get("format-specific", {}).get("data", {})
+        if info.get("encrypted") or "data-file" in specific:
+            return None
+    output = run_tool(["qemu-img", "map", "--output=json", "-f", image_format, "--", str(path)])
+    return parse_map(json.loads(output))
+
+
+class MappedFileReader:
+    """An ExportReader that reads directly mapped ranges from the image file and everything
+    else through ``fallback`` (NBD), which also answers ``extents`` and ``dirty_ranges``.
+    ``pread`` is thread-safe (os.pread is)."""
+
+    def __init__(
+        self,
+        fallback: NbdReader,
+        fd: int,
+        ranges: list[MappedRange],
+        direct_fd: int | None = None,
+    ) -> None:
+        self._fallback = fallback
+        self._fd = fd
+        self._direct_fd = direct_fd
+        self._buffers = threading.local()
+        self._ranges = ranges
+        self._starts = [r.start for r in ranges]
+        self.direct_bytes = sum(r.length for r in ranges if r.host_offset is not None)
+
+    @property
+    def size(self) -> int:
+        return self._fallback.size
+
+    def extents(self) -> list[Extent]:
+        return self._fallback.extents()
+
+    def dirty_ranges(self) -> list[Extent] | None:
+        return self._fallback.dirty_ranges()
+
+    def pread(self, offset: int, length: int) -> bytes:
+        pieces = self._pieces(offset, length)
+        if len(pieces) == 1 and pieces[0].host_offset is not None:
+            return self._read_file(pieces[0].host_offset, length)
+        buffer = bytearray(length)  # zeros where a piece is zero
+        for piece in pieces:
+            at, end = piece.start - offset, piece.start - offset + piece.length
+            if piece.host_offset is not None:
+                buffer[at:end] = self._read_file(piece.host_offset, piece.length)
+            elif not piece.zero:
+                buffer[at:end] = self._fallback.pread(piece.start, piece.length)
+        return bytes(buffer)
+
+    def _pieces(self, offset: int, length: int) -> list[MappedRange]:
+        """The parts of the map the request overlaps, cut to it; a request past the map's
+        end (never expected) goes to the fallback."""
+        end = offset + length
+        pieces: list[MappedRange] = []
+        number = max(bisect.bisect_right(self._starts, offset) - 1, 0)
+        position = offset
+        while position < end:
+            if number >= len(self._ranges):
+                pieces.append(MappedRange(position, end - position, None, zero=False))
+                break
+            mapped = self._ranges[number]
+            stop = min(end, mapped.start + mapped.length)
+            if stop > position:
+                host = None
+                if mapped.host_offset is not None:
+                    host = mapped.host_offset + (position - mapped.start)
+                pieces.append(MappedRange(position, stop - position, host, mapped.zero))
+                position = stop
+            number += 1
+        return pieces
+
+    def _read_file(self, host_offset: int, length: int) -> bytes:
+        direct_fd = self._direct_fd
+        if direct_fd is not None and not (host_offset | length) % DIRECT_ALIGNMENT:
+            try:
+                return self._read_direct(direct_fd, host_offset, length)
+            except OSError as exc:
+                if exc.errno != errno.EINVAL:  # EINVAL: a device needing larger alignment
+                    raise ToolError(f"reading the image failed: {exc.strerror}") from exc
+                self._direct_fd = None
+        try:
+            return _pread_exactly(self._fd, host_offset, length)
+        except OSError as exc:
+            raise ToolError(f"reading the image failed: {exc.strerror}") from exc
+
+    def _read_direct(self, fd: int, host_offset: int, length: int) -> bytes:
+        buffer: mmap.mmap | None = getattr(self._buffers, "buffer", None)
+        if buffer is None or len(buffer) < length:
+            buffer = mmap.mmap(-1, length)  # page-aligned, as O_DIRECT needs
+            self._buffers.buffer = buffer
+        view = memoryview(buffer)
+        done = 0
+        while done < length:
+            got = os.preadv(fd, [view[done:length]], host_offset + done)
+            if got <= 0:
+                raise ToolError(f"the image file ends before offset {host_offset + length}")
+            done += got
+        return bytes(view[:length])  # a copy: the buffer is this thread's, reused
+
+
+def _pread_exactly(fd: int, offset: int, length: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length:
+        return data
+    parts, done = [data], len(data)
+    while done < length:
+        more = os.pread(fd, length - done, offset + done)
+        if not more:
+            raise ToolError(f"the image file ends before offset {offset + length}")
+        parts.append(more)
+        done += len(more)
+    return b"".join(parts)
+
+
+def open_direct(path: Path) -> int | None:
+    """A descriptor of ``path`` opened with O_DIRECT, or None where the filesystem has none."""
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:
+            return None
+        raise ToolError(f"cannot open {path}: {exc.strerror}") from exc

@@ -1,0 +1,77 @@
+"""Backups of idle images read plain data straight from the image file (drivers/image_map.py)
+and everything else through qemu-nbd. Checked on real images against what QEMU itself reads:
+a qcow2 overlay whose data partly lives in its backing file, compressed clusters, and a raw
+image whose size is not a multiple of 4 KiB."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.test_image_backup_cli import make_image, qemu_io
+from vmkeep.drivers.image_map import MappedFileReader
+from vmkeep.drivers.nbd_image import QemuImageIO
+
+MiB = 1 << 20
+
+
+def as_raw(image: Path, fmt: str, tmp_path: Path) -> bytes:
+    """The image's guest-visible bytes, as qemu-img reads them."""
+    out = tmp_path / f"{image.name}.reference.raw"
+    subprocess.run(
+        ["qemu-img", "convert", "-f", fmt, "-O", "raw", str(image), str(out)], check=True
+    )
+    return out.read_bytes()
+
+
+def read_all(image: Path, fmt: str, step: int) -> tuple[bytes, int]:
+    """Every byte through vmkeep's reader, in ``step`` pieces; and how much of it the map
+    lets the reader take from the file directly."""
+    with QemuImageIO().open_reader(image, image_format=fmt) as reader:
+        assert isinstance(reader, MappedFileReader)
+        parts = [
+            reader.pread(offset, min(step, reader.size - offset))
+            for offset in range(0, reader.size, step)
+        ]
+        return b"".join(parts), reader.direct_bytes
+
+
+def test_overlay_reads_its_own_clusters_directly_and_the_backing_files_through_qemu(
+    tmp_path: Path,
+) -> None:
+    base = make_image(tmp_path / "base.qcow2", "8M")
+    qemu_io(base, "write -P 0x11 0 3M", "write -P 0x22 5M 1M")
+    overlay = tmp_path / "overlay.qcow2"
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2", "-b", str(base), str(overlay)],
+        check=True,
+    )
+    # Half-chunk writes, so one chunk mixes overlay data, backing data and (at 7M) zeros.
+    qemu_io(overlay, "write -P 0x33 1M 512k", "write -P 0x44 6656k 256k")
+    data, direct = read_all(overlay, "qcow2", MiB)
+    assert data == as_raw(overlay, "qcow2", tmp_path)
+    assert direct == 768 * 1024  # only the overlay's own clusters
+
+
+def test_compressed_clusters_are_read_through_qemu(tmp_path: Path) -> None:
+    plain = make_image(tmp_path / "plain.qcow2", "4M")
+    qemu_io(plain, "write -P 0x55 0 2M")
+    compressed = tmp_path / "compressed.qcow2"
+    subprocess.run(
+        ["qemu-img", "convert", "-c", "-O", "qcow2", str(plain), str(compressed)], check=True
+    )
+    qemu_io(compressed, "write -P 0x66 3M 64k")  # a plain cluster beside compressed ones
+    data, direct = read_all(compressed, "qcow2", MiB)
+    assert data == as_raw(compressed, "qcow2", tmp_path)
+    assert direct == 64 * 1024
+
+
+@pytest.mark.parametrize("step", [MiB, 4096 + 512])
+def test_raw_image_with_an_unaligned_size(tmp_path: Path, step: int) -> None:
+    image = make_image(tmp_path / "odd.raw", str(3 * MiB + 1536), "raw")
+    qemu_io(image, "write -P 0x77 0 1M", f"write -P 0x78 {3 * MiB} 1536", fmt="raw")
+    data, direct = read_all(image, "raw", step)
+    assert data == image.read_bytes()
+    assert direct >= MiB + 1536
