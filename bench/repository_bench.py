@@ -532,7 +532,8 @@ def environment_info() -> dict[str, Any]:
 
 SETTINGS = {
     "vmkeep": "fixed-size chunks (the sizes swept), zstd level 3 (unless swept), AES-256-GCM, "
-    "keyed BLAKE3 ids, reads only allocated data of the virtual disk through qemu-nbd, "
+    "keyed BLAKE3 ids, reads only allocated data of the virtual disk (plain qcow2 clusters "
+    "straight from the file, the rest through qemu-nbd), "
     f"{max(4, CPUS * 2)} worker threads (its default) on {CPUS} CPUs",
     "restic": "repository v2, compression auto (zstd fastest), content-defined chunks "
     "512 KiB-8 MiB (avg 1 MiB), AES-256-CTR + Poly1305, SHA-256 ids; reads the qcow2 file",
