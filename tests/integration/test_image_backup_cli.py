@@ -79,6 +79,18 @@ def test_round_trip_is_identical_and_thin(env: dict[str, str], tmp_path: Path, f
         compare(image, target)
         # Thin: the restored image takes about the data, not the virtual size.
         assert target.stat().st_blocks * 512 < 16 * MiB
+        if out_format == "qcow2":
+            # Thin for QEMU too: only the clusters that hold data are allocated.
+            assert data_bytes(target) == 9 * MiB
+            subprocess.run(["qemu-img", "check", "-q", str(target)], check=True)
+
+
+def data_bytes(image: Path) -> int:
+    """How much of ``image`` QEMU reports as allocated data."""
+    done = subprocess.run(
+        ["qemu-img", "map", "--output=json", str(image)], check=True, capture_output=True
+    )
+    return sum(e["length"] for e in json.loads(done.stdout) if e["data"])
 
 
 def test_backup_of_an_overlay_restores_identical(env: dict[str, str], tmp_path: Path) -> None:

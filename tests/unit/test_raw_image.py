@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from vmkeep.drivers.raw_image import sparse_file_writer
+from vmkeep.drivers.image_map import MappedRange
+from vmkeep.drivers.raw_image import SparseFileWriter, sparse_file_writer
 
 KiB = 1 << 10
 
@@ -41,3 +42,38 @@ def test_never_overwrites(tmp_path: Path) -> None:
     with pytest.raises(FileExistsError), sparse_file_writer(target, 10):
         pass
     assert target.read_bytes() == b"precious"
+
+
+def test_a_preallocated_layout_places_each_range_at_its_host_offset(tmp_path: Path) -> None:
+    """qcow2 restores write into the places ``preallocation=metadata`` gave each cluster;
+    runs that cross from one range into the next are split, and what was never written is
+    reported so that it can be zeroed."""
+    path = tmp_path / "image"
+    path.write_bytes(bytes(1024 * KiB))
+    ranges = [
+        MappedRange(0, 256 * KiB, 512 * KiB, False),
+        MappedRange(256 * KiB, 256 * KiB, 64 * KiB, False),
+    ]
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        writer = SparseFileWriter(fd, 512 * KiB, ranges=ranges)
+        first, second = os.urandom(64 * KiB), os.urandom(128 * KiB)
+        writer.pwrite(192 * KiB, first + second[: 64 * KiB])  # crosses into the second range
+        writer.pwrite(448 * KiB, second[64 * KiB :])
+    finally:
+        os.close(fd)
+    content = path.read_bytes()
+    assert content[704 * KiB : 768 * KiB] == first  # disk 192K is host 512K + 192K
+    assert content[64 * KiB : 128 * KiB] == second[: 64 * KiB]  # disk 256K is host 64K
+    assert content[256 * KiB : 320 * KiB] == second[64 * KiB :]  # disk 448K is host 256K
+    assert writer.unwritten() == [(0, 192 * KiB), (320 * KiB, 128 * KiB)]
+
+
+def test_unwritten_runs_end_at_the_disk_size(tmp_path: Path) -> None:
+    target = tmp_path / "disk.raw"
+    size = 3 * 64 * KiB + 1000
+    with sparse_file_writer(target, size) as writer:
+        writer.pwrite(64 * KiB, b"x" * 64 * KiB)
+        writer.pwrite(64 * KiB * 2, bytes(64 * KiB))  # zeros are not a write
+        assert writer.unwritten() == [(0, 64 * KiB), (128 * KiB, 64 * KiB + 1000)]
+    assert target.stat().st_size == size

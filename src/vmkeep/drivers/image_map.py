@@ -20,6 +20,7 @@ import json
 import mmap
 import os
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,18 @@ class MappedRange:
     zero: bool
 
 
+def _in_order(entries: list[dict[str, Any]]) -> Iterator[tuple[int, int, dict[str, Any]]]:
+    """(start, length, entry) of ``qemu-img map`` entries; raises ToolError for output that
+    does not cover the disk in order."""
+    position = 0
+    for entry in entries:
+        start, length = int(entry["start"]), int(entry["length"])
+        if start != position or length <= 0:
+            raise ToolError(f"qemu-img map: unexpected range at {start} (expected {position})")
+        position = start + length
+        yield start, length, entry
+
+
 def parse_map(entries: list[dict[str, Any]]) -> list[MappedRange]:
     """``qemu-img map --output=json`` entries as MappedRanges, in order.
 
@@ -55,16 +68,22 @@ def parse_map(entries: list[dict[str, Any]]) -> list[MappedRange]:
     a backing file (depth > 0) or has no offset (compressed) is left to QEMU. Raises
     ToolError for output that does not cover the disk in order.
     """
-    ranges: list[MappedRange] = []
-    position = 0
-    for entry in entries:
-        start, length = int(entry["start"]), int(entry["length"])
-        if start != position or length <= 0:
-            raise ToolError(f"qemu-img map: unexpected range at {start} (expected {position})")
-        position = start + length
+    ranges = []
+    for start, length, entry in _in_order(entries):
         zero = bool(entry.get("zero"))
         direct = not zero and entry.get("depth") == 0 and entry.get("data") and "offset" in entry
         ranges.append(MappedRange(start, length, int(entry["offset"]) if direct else None, zero))
+    return ranges
+
+
+def parse_preallocated_map(entries: list[dict[str, Any]]) -> list[MappedRange]:
+    """The map of a qcow2 image made with ``preallocation=metadata``: every range allocated
+    in the file (reading as zeros until written). Raises ToolError if one is not."""
+    ranges = []
+    for start, length, entry in _in_order(entries):
+        if entry.get("depth") != 0 or "offset" not in entry:
+            raise ToolError(f"qemu-img map: the range at {start} is not preallocated")
+        ranges.append(MappedRange(start, length, int(entry["offset"]), zero=False))
     return ranges
 
 
@@ -82,6 +101,12 @@ def image_map(path: Path, image_format: str) -> list[MappedRange] | None:
             return None
     output = run_tool(["qemu-img", "map", "--output=json", "-f", image_format, "--", str(path)])
     return parse_map(json.loads(output))
+
+
+def preallocated_map(path: Path) -> list[MappedRange]:
+    """Where every cluster of the preallocated qcow2 image ``path`` lies in its file."""
+    output = run_tool(["qemu-img", "map", "--output=json", "-f", "qcow2", "--", str(path)])
+    return parse_preallocated_map(json.loads(output))
 
 
 class MappedFileReader:
