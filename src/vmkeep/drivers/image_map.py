@@ -217,10 +217,11 @@ def _pread_exactly(fd: int, offset: int, length: int) -> bytes:
     return b"".join(parts)
 
 
-def open_direct(path: Path) -> int | None:
-    """A descriptor of ``path`` opened with O_DIRECT, or None where the filesystem has none."""
+def open_direct(path: Path, access: int = os.O_RDONLY) -> int | None:
+    """A descriptor of ``path`` opened with O_DIRECT and ``access`` (O_RDONLY, O_WRONLY), or
+    None where the filesystem has no O_DIRECT."""
     try:
-        return os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_DIRECT)
+        return os.open(path, access | os.O_CLOEXEC | os.O_DIRECT)
     except OSError as exc:
         if exc.errno == errno.EINVAL:
             return None

@@ -31,7 +31,7 @@ from vmkeep.drivers.nbd_client import (
     stop_process,
 )
 from vmkeep.drivers.process import run_tool
-from vmkeep.drivers.raw_image import SparseFileWriter, open_direct_for_writing, sparse_file_writer
+from vmkeep.drivers.raw_image import SparseFileWriter, sparse_file_writer
 
 _CREATE_OPTIONS = {"qcow2": ["-o", "compat=1.1"]}
 
@@ -242,7 +242,7 @@ def _preallocated_qcow2_writer(path: Path, size: int) -> Iterator[SparseFileWrit
     fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
     direct_fd: int | None = None
     try:
-        direct_fd = open_direct_for_writing(path)
+        direct_fd = open_direct(path, os.O_WRONLY)
         writer = SparseFileWriter(fd, size, direct_fd=direct_fd, ranges=ranges)
         yield writer
         os.fsync(fd)

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vmkeep.domain.errors import StoreFullError, ToolError
-from vmkeep.drivers.image_map import DIRECT_ALIGNMENT, MappedRange
+from vmkeep.drivers.image_map import DIRECT_ALIGNMENT, MappedRange, open_direct
 
 HOLE_GRANULARITY = 64 << 10
 """Like a qcow2 cluster: smaller runs of zeros are not worth a syscall, and zeroing a
@@ -140,16 +140,6 @@ def _pwrite_all(fd: int, offset: int, data: memoryview) -> None:
         data, offset = data[written:], offset + written
 
 
-def open_direct_for_writing(path: Path) -> int | None:
-    """``path`` opened for writing with O_DIRECT, or None where the filesystem has none."""
-    try:
-        return os.open(path, os.O_WRONLY | os.O_CLOEXEC | os.O_DIRECT)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            return None
-        raise ToolError(f"cannot open {path}: {exc.strerror}") from exc
-
-
 @contextlib.contextmanager
 def sparse_file_writer(path: Path, size: int) -> Iterator[SparseFileWriter]:
     """A new sparse raw image of ``size`` bytes at ``path`` (must not exist), fsynced on
@@ -158,7 +148,7 @@ def sparse_file_writer(path: Path, size: int) -> Iterator[SparseFileWriter]:
     direct_fd: int | None = None
     try:
         os.ftruncate(fd, size)
-        direct_fd = open_direct_for_writing(path)
+        direct_fd = open_direct(path, os.O_WRONLY)
         yield SparseFileWriter(fd, size, direct_fd=direct_fd)
         os.fsync(fd)
     except BaseException:
