@@ -6,6 +6,7 @@ image whose size is not a multiple of 4 KiB."""
 from __future__ import annotations
 
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ from tests.integration.test_image_backup_cli import (
     qemu_io,
     restore,
 )
+from vmkeep.domain.errors import LockedError
 from vmkeep.drivers.image_map import MappedFileReader
 from vmkeep.drivers.nbd_image import QemuImageIO
 
@@ -102,3 +104,49 @@ def test_restore_of_an_unaligned_disk_is_identical(
     if out_format == "qcow2":
         assert data_bytes(target) == MiB + 1536  # the last cluster counts up to the disk end
         subprocess.run(["qemu-img", "check", "-q", str(target)], check=True)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_no_writer_can_open_an_image_while_it_is_read(tmp_path: Path, fmt: str) -> None:
+    """qemu-nbd --read-only alone keeps writers out of qcow2 images but not raw ones; the
+    reader takes QEMU's "refuses write" lock itself, so a VM starting mid-backup fails to
+    open the disk instead of tearing the backup."""
+    image = make_image(tmp_path / f"disk.{fmt}", "4M", fmt)
+    write = ["qemu-io", "-f", fmt, "-c", "write -P 0x99 0 4k", str(image)]
+    with QemuImageIO().open_reader(image, image_format=fmt):
+        refused = subprocess.run(write, capture_output=True, text=True)
+        assert refused.returncode != 0
+        assert "lock" in refused.stderr
+    subprocess.run(write, check=True, capture_output=True)  # free again afterwards
+
+
+def test_an_image_open_for_writing_is_refused(tmp_path: Path) -> None:
+    image = make_image(tmp_path / "disk.raw", "4M", "raw")
+    socket = tmp_path / "writer.sock"
+    writer = subprocess.Popen(["qemu-nbd", "-f", "raw", "--socket", str(socket), str(image)])
+    try:
+        deadline = time.monotonic() + 10
+        while not socket.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with (
+            pytest.raises(LockedError, match="open for writing"),
+            QemuImageIO().open_reader(image, image_format="raw"),
+        ):
+            pass
+    finally:
+        writer.terminate()
+        writer.wait()
+
+
+def test_a_much_fragmented_image_is_read_through_nbd_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vmkeep.drivers.image_map as image_map
+
+    image = make_image(tmp_path / "disk.qcow2", "4M")
+    qemu_io(image, "write -P 0x11 0 64k", "write -P 0x22 1M 64k", "write -P 0x33 2M 64k")
+    monkeypatch.setattr(image_map, "MAX_MAP_ENTRIES", 3)  # this image has 6 ranges
+    with QemuImageIO().open_reader(image, image_format="qcow2") as reader:
+        assert not isinstance(reader, MappedFileReader)
+        data = b"".join(reader.pread(o, MiB) for o in range(0, 4 * MiB, MiB))
+    assert data == as_raw(image, "qcow2", tmp_path)

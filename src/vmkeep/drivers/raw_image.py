@@ -120,9 +120,7 @@ class SparseFileWriter:
                     self._direct_fd = None
             _pwrite_all(self._fd, host, data)
         except OSError as exc:
-            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise StoreFullError(f"no space left for the restored image: {exc}") from exc
-            raise ToolError(f"writing the restored image failed: {exc.strerror}") from exc
+            raise _write_error(exc) from exc
 
     def _write_direct(self, fd: int, host: int, data: memoryview) -> None:
         buffer: mmap.mmap | None = getattr(self._buffers, "buffer", None)
@@ -137,24 +135,62 @@ class SparseFileWriter:
 def _pwrite_all(fd: int, offset: int, data: memoryview) -> None:
     while data:
         written = os.pwritev(fd, [data], offset)
+        if written <= 0:
+            raise ToolError(f"writing the restored image failed at offset {offset}")
         data, offset = data[written:], offset + written
+
+
+def _write_error(exc: OSError) -> Exception:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StoreFullError(f"no space left for the restored image: {exc}")
+    return ToolError(f"writing the restored image failed: {exc.strerror or exc}")
+
+
+@contextlib.contextmanager
+def open_for_writing(path: Path, *, create_size: int | None = None) -> Iterator[int]:
+    """A write descriptor of ``path``, closed afterwards. With ``create_size`` the file must
+    not exist yet and is created sparse at that size."""
+    flags = os.O_WRONLY | os.O_CLOEXEC
+    if create_size is not None:
+        flags |= os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(path, flags, 0o644)
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        raise _write_error(exc) from exc
+    try:
+        if create_size is not None:
+            try:
+                os.ftruncate(fd, create_size)
+            except OSError as exc:
+                raise _write_error(exc) from exc
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def flush_file(fd: int) -> None:
+    """fsync, with its failures (a full disk, an I/O error) as vmkeep errors."""
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        raise _write_error(exc) from exc
 
 
 @contextlib.contextmanager
 def sparse_file_writer(path: Path, size: int) -> Iterator[SparseFileWriter]:
     """A new sparse raw image of ``size`` bytes at ``path`` (must not exist), fsynced on
     success; removed on failure."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
-    direct_fd: int | None = None
-    try:
-        os.ftruncate(fd, size)
-        direct_fd = open_direct(path, os.O_WRONLY)
-        yield SparseFileWriter(fd, size, direct_fd=direct_fd)
-        os.fsync(fd)
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-    finally:
-        os.close(fd)
-        if direct_fd is not None:
-            os.close(direct_fd)
+    with open_for_writing(path, create_size=size) as fd:
+        direct_fd: int | None = None
+        try:
+            direct_fd = open_direct(path, os.O_WRONLY)
+            yield SparseFileWriter(fd, size, direct_fd=direct_fd)
+            flush_file(fd)
+        except BaseException:
+            path.unlink(missing_ok=True)
+            raise
+        finally:
+            if direct_fd is not None:
+                os.close(direct_fd)
