@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import struct
 from collections.abc import Iterator
@@ -21,8 +22,11 @@ from pathlib import Path
 
 from vmkeep.domain.errors import LockedError, NotFoundError, ToolError
 
+log = logging.getLogger(__name__)
+
 _HOLDS_BASE, _REFUSES_BASE = 100, 200
 _WRITE_BIT = 1  # BLK_PERM_WRITE = 1 << 1
+_NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # e.g. some network filesystems
 _FLOCK = "hhqqi4x"  # struct flock on 64-bit Linux: type, whence, start, len, pid (32 bytes)
 
 
@@ -53,7 +57,11 @@ def writers_excluded(path: Path) -> Iterator[None]:
         except OSError as exc:
             if exc.errno in (errno.EAGAIN, errno.EACCES):  # a conflicting lock is held
                 raise LockedError(f"{path} is open for writing (by a running VM?)") from None
-            raise ToolError(f"cannot lock {path}: {exc.strerror}") from exc
+            if exc.errno not in _NO_LOCKS:
+                raise ToolError(f"cannot lock {path}: {exc.strerror}") from exc
+            # QEMU itself goes on without locks on such filesystems: so can we, saying so.
+            log.warning("%s: the filesystem has no file locks; writers are not kept out", path)
+            answer = _flock(fcntl.F_UNLCK, 0)
         if struct.unpack(_FLOCK, answer)[0] != fcntl.F_UNLCK:
             raise LockedError(
                 f"{path} is open for writing (by a running VM or another QEMU tool): "
