@@ -357,7 +357,13 @@ class FakeImageIO:
 
     @contextlib.contextmanager
     def create_writer(
-        self, path: Path, size: int, image_format: str, overwrite: bool = False
+        self,
+        path: Path,
+        size: int,
+        image_format: str,
+        overwrite: bool = False,
+        *,
+        data_bytes: int | None = None,
     ) -> Iterator[MemoryWriter]:
         if path in self.outputs and not overwrite:
             raise AlreadyExistsError(f"{path} exists")

@@ -364,9 +364,17 @@ class ImageIO(Protocol):
         ...
 
     def create_writer(
-        self, path: Path, size: int, image_format: str, overwrite: bool = False
+        self,
+        path: Path,
+        size: int,
+        image_format: str,
+        overwrite: bool = False,
+        *,
+        data_bytes: int | None = None,
     ) -> AbstractContextManager[BlockWriter]:
         """A new thin image of ``size`` bytes that appears at ``path`` only when the block
         ends without an exception; on an exception nothing is left at ``path``. Raises
-        AlreadyExistsError if ``path`` exists and ``overwrite`` is False."""
+        AlreadyExistsError if ``path`` exists and ``overwrite`` is False. ``data_bytes``, when
+        known, is about how much will be written: it may choose how the image is written,
+        never what it contains."""
         ...

@@ -150,3 +150,24 @@ def test_a_much_fragmented_image_is_read_through_nbd_only(
         assert not isinstance(reader, MappedFileReader)
         data = b"".join(reader.pread(o, MiB) for o in range(0, 4 * MiB, MiB))
     assert data == as_raw(image, "qcow2", tmp_path)
+
+
+@pytest.mark.parametrize(("data_mib", "preallocated"), [(8, True), (1, False)])
+def test_qcow2_restores_are_preallocated_only_when_enough_of_the_disk_holds_data(
+    env: dict[str, str],  # noqa: F811
+    tmp_path: Path,
+    data_mib: int,
+    preallocated: bool,
+) -> None:
+    """Preallocating costs per GiB of virtual size: a disk that is almost empty (1 MiB of
+    256) is restored through qemu-nbd instead; both ways give the same thin, identical image."""
+    image = make_image(tmp_path / "disk.qcow2", "256M")
+    qemu_io(image, f"write -P 0x42 16M {data_mib}M")
+    manifest = backup(env, image)
+    target = tmp_path / "restored.qcow2"
+    restore(env, str(manifest["backup_id"]), target)
+    compare(image, target)
+    assert data_bytes(target) == data_mib * MiB
+    # A preallocated image's file spans the virtual size (sparse); one written through
+    # qemu-nbd ends after its last cluster.
+    assert (target.stat().st_size >= 256 * MiB) == preallocated

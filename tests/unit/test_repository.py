@@ -159,3 +159,8 @@ def test_key_add_change_remove() -> None:
     reopened = open_repository(store, lambda: b"new")
     assert reopened.key_id == new_id
     assert b'"kdf": "scrypt"' in reopened.export_key()
+
+
+def test_index_data_bytes_counts_non_zero_chunks_and_the_short_last_one() -> None:
+    index = DiskIndex(disk_size=2500, chunk_size=1000, chunk_ids=("a" * 64, ZERO_CHUNK, "b" * 64))
+    assert index.data_bytes() == 1000 + 500

@@ -204,7 +204,13 @@ class QemuImageIO:
 
     @contextlib.contextmanager
     def create_writer(
-        self, path: Path, size: int, image_format: str, overwrite: bool = False
+        self,
+        path: Path,
+        size: int,
+        image_format: str,
+        overwrite: bool = False,
+        *,
+        data_bytes: int | None = None,
     ) -> Iterator[NbdWriter | SparseFileWriter]:
         if path.exists() and not overwrite:
             raise AlreadyExistsError(f"{path} exists (use --force to overwrite it)")
@@ -218,7 +224,7 @@ class QemuImageIO:
                 # qemu-nbd would only add a copy through a socket and a process.
                 with sparse_file_writer(partial, size) as raw_writer:
                     yield raw_writer
-            elif image_format == "qcow2":
+            elif image_format == "qcow2" and _worth_preallocating(size, data_bytes):
                 with _preallocated_qcow2_writer(partial, size) as qcow2_writer:
                     yield qcow2_writer
             else:
@@ -230,6 +236,18 @@ class QemuImageIO:
             partial.replace(path)
         finally:
             partial.unlink(missing_ok=True)
+
+
+PREALLOCATION_MIN_SHARE = 128
+"""A qcow2 restore is preallocated and written directly when at least 1/128 of the disk
+holds data. Preallocating and zeroing again costs about 11 ms per GiB of virtual size (3 s
+for 256 GiB) and keeps the L2 tables (1/8192 of it) allocated; writing through qemu-nbd costs
+about 1.7 CPU s more per GiB of data: below that share the thin image through qemu-nbd is
+cheaper."""
+
+
+def _worth_preallocating(size: int, data_bytes: int | None) -> bool:
+    return data_bytes is None or data_bytes * PREALLOCATION_MIN_SHARE >= size
 
 
 _ZERO_REQUEST = 1 << 30  # NBD request lengths are 32-bit: zero large runs in pieces

@@ -121,7 +121,11 @@ def restore_image(session: RepoSession, request: ImageRestoreRequest) -> DiskBac
         index = repo.load_index(disk.index_id)
         session.progress.step(f"restoring {disk.name} of {manifest.backup_id} to {request.target}")
         with session.images.create_writer(
-            request.target, index.disk_size, request.image_format, overwrite=request.force
+            request.target,
+            index.disk_size,
+            request.image_format,
+            overwrite=request.force,
+            data_bytes=index.data_bytes(),
         ) as writer:
             restore_disk(repo, index, writer, session.progress, disk.name, workers=session.workers)
     return disk

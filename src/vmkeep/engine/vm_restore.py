@@ -157,6 +157,7 @@ def restore_vm(
                     index.disk_size,
                     request.image_format,
                     overwrite=request.force,
+                    data_bytes=index.data_bytes(),
                 ) as writer:
                     restore_disk(
                         repo, index, writer, session.progress, disk.name, workers=session.workers

@@ -33,6 +33,12 @@ class DiskIndex:
         """Plaintext length of chunk ``number`` (the last one may be short)."""
         return min(self.chunk_size, self.disk_size - number * self.chunk_size)
 
+    def data_bytes(self) -> int:
+        """How many bytes of the disk lie in non-zero chunks (what a restore writes)."""
+        return sum(
+            self.chunk_length(n) for n, cid in enumerate(self.chunk_ids) if cid != ZERO_CHUNK
+        )
+
     def stored_ids(self) -> set[str]:
         """Ids of the chunks that exist as objects (everything but zero chunks)."""
         return {cid for cid in self.chunk_ids if cid != ZERO_CHUNK}
