@@ -350,7 +350,14 @@ class FakeImageIO:
         self.outputs: dict[Path, bytes] = {}
 
     @contextlib.contextmanager
-    def open_reader(self, path: Path, connections: int = 4) -> Iterator[MemoryImage]:
+    def open_reader(
+        self,
+        path: Path,
+        connections: int = 4,
+        *,
+        image_format: str | None = None,
+        bitmap: str | None = None,
+    ) -> Iterator[MemoryImage]:
         if path not in self.images:
             raise NotFoundError(f"{path} does not exist")
         yield self.images[path]

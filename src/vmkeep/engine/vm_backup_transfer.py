@@ -46,22 +46,36 @@ def _transfer(deps: VmBackupDeps, item: Prepared) -> dict[str, DiskOutcome]:
     if item.plan.parent is not None:
         repo = deps.session.repo
         parent_indexes = {d.name: repo.load_index(d.index_id) for d in item.plan.parent.disks}
+    # The small files are read first, as close to the consistency point (the job's start)
+    # as possible: the guest may change its UEFI variables or TPM while the disks are read.
+    files = _read_files(item)
     results = {}
     for disk in item.disks:
         parent = parent_indexes.get(disk.target) if disk.tracks_changes else None
         with _open_disk(deps, item, disk, parent is not None) as reader:
             results[disk.target] = _transfer_disk(deps, item, disk, reader, parent)
-    if item.vm.nvram:
-        results[NVRAM] = _store_file(deps, NVRAM, Path(item.vm.nvram))
+    for name, (path, data) in files.items():
+        results[name] = _store_file(deps, name, path, data)
+    return results
+
+
+def _read_files(item: Prepared) -> dict[str, tuple[Path, bytes]]:
+    """The UEFI variables and emulated TPM state to store with the backup, by record name."""
+    wanted = [(NVRAM, Path(item.vm.nvram))] if item.vm.nvram else []
     tpm_files = _tpm_files(item.vm.tpm_state)
     if item.vm.tpm_state and not tpm_files:
         item.warnings.append(
             f"the VM has an emulated TPM but no state was found in {item.vm.tpm_state}: "
             "a restored copy would get a new, empty TPM"
         )
-    for path in tpm_files:
-        results[TPM_PREFIX + path.name] = _store_file(deps, TPM_PREFIX + path.name, path)
-    return results
+    wanted += [(TPM_PREFIX + path.name, path) for path in tpm_files]
+    files = {}
+    for name, path in wanted:
+        try:
+            files[name] = (path, path.read_bytes())
+        except OSError as exc:
+            raise HypervisorError(f"cannot read {path}: {exc.strerror}") from exc
+    return files
 
 
 def _tpm_files(state_dir: str | None) -> list[Path]:
@@ -75,13 +89,9 @@ def _tpm_files(state_dir: str | None) -> list[Path]:
     )
 
 
-def _store_file(deps: VmBackupDeps, name: str, path: Path) -> DiskOutcome:
+def _store_file(deps: VmBackupDeps, name: str, path: Path, data: bytes) -> DiskOutcome:
     """Store a small file the VM needs to boot (UEFI variables) like a disk of its own."""
     session = deps.session
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise HypervisorError(f"cannot read {path}: {exc.strerror}") from exc
     reader = BytesReader(data)
     to_read = [True] * chunk_count(len(data), session.repo.chunk_size)
     index, stats = store_disk(
