@@ -130,7 +130,9 @@ def preallocated_map(path: Path) -> list[MappedRange]:
 class MappedFileReader:
     """An ExportReader that reads directly mapped ranges from the image file and everything
     else through ``fallback`` (NBD), which also answers ``extents`` and ``dirty_ranges``.
-    ``pread`` is thread-safe (os.pread is)."""
+    ``pread`` is thread-safe (os.pread is). ``fd`` is an ordinary read descriptor of the image
+    file, ``direct_fd`` (optional) the same file opened with O_DIRECT; the caller owns and
+    closes both. ``direct_bytes`` says how much of the disk the map lets it read directly."""
 
     def __init__(
         self,
