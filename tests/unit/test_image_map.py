@@ -11,6 +11,7 @@ from typing import Any, cast
 import pytest
 
 from vmkeep.domain.errors import ToolError
+from vmkeep.drivers.image_file import ImageFile
 from vmkeep.drivers.image_map import MappedFileReader, MappedRange, parse_map
 from vmkeep.drivers.nbd_client import NbdReader
 
@@ -88,7 +89,7 @@ def make_reader(
         MappedRange(16 * KiB, 8 * KiB, None, zero=False),  # only through the fallback
         MappedRange(24 * KiB, 8 * KiB, 4 * KiB + 100, zero=False),  # unaligned host offset
     ]
-    return MappedFileReader(cast(NbdReader, fallback), fd, ranges, direct_fd)
+    return MappedFileReader(cast(NbdReader, fallback), ImageFile(fd, direct_fd), ranges)
 
 
 def test_a_request_is_assembled_from_file_zeros_and_fallback(
@@ -142,6 +143,6 @@ def test_direct_io_reads_the_same_bytes(tmp_path: Path, host_file: tuple[int, by
 def test_a_file_shorter_than_its_map_is_an_error(host_file: tuple[int, bytes]) -> None:
     fd, _ = host_file
     ranges = [MappedRange(0, 8 * KiB, 252 * KiB, zero=False)]  # runs 4 KiB past the end
-    reader = MappedFileReader(cast(NbdReader, FallbackReader(8 * KiB)), fd, ranges)
+    reader = MappedFileReader(cast(NbdReader, FallbackReader(8 * KiB)), ImageFile(fd), ranges)
     with pytest.raises(ToolError, match="ends before"):
         reader.pread(0, 8 * KiB)

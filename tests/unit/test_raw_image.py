@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from vmkeep.drivers.image_file import ImageFile
 from vmkeep.drivers.image_map import MappedRange
 from vmkeep.drivers.raw_image import SparseFileWriter, sparse_file_writer
 
@@ -56,7 +57,7 @@ def test_a_preallocated_layout_places_each_range_at_its_host_offset(tmp_path: Pa
     ]
     fd = os.open(path, os.O_WRONLY)
     try:
-        writer = SparseFileWriter(fd, 512 * KiB, ranges=ranges)
+        writer = SparseFileWriter(ImageFile(fd), 512 * KiB, ranges=ranges)
         first, second = os.urandom(64 * KiB), os.urandom(128 * KiB)
         writer.pwrite(192 * KiB, first + second[: 64 * KiB])  # crosses into the second range
         writer.pwrite(448 * KiB, second[64 * KiB :])

@@ -5,8 +5,8 @@ which offset of the image *file* its bytes are stored. For raw images and for pl
 clusters (not compressed, not encrypted, no external data file) those bytes are the guest's
 bytes as they are, so they can be read with ``pread`` on the file: no copy through qemu-nbd's
 socket and process, which cost about 5 CPU seconds per 3 GiB here, a fifth of a first
-backup's CPU time. Everything else (compressed clusters, backing files, formats QEMU must
-decode) is still read through NBD.
+backup's CPU time (image_file.py reads them, with O_DIRECT). Everything else (compressed
+clusters, backing files, formats QEMU must decode) is still read through NBD.
 
 Only for images nothing writes to: the caller keeps writers out with QEMU's file locks
 (image_lock.py) and keeps qemu-nbd serving the image read-only while this reader is used.
@@ -15,12 +15,8 @@ Only for images nothing writes to: the caller keeps writers out with QEMU's file
 from __future__ import annotations
 
 import bisect
-import errno
 import json
 import logging
-import mmap
-import os
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,17 +24,13 @@ from typing import Any
 
 from vmkeep.domain.errors import ToolError
 from vmkeep.domain.extents import Extent
+from vmkeep.drivers.image_file import ImageFile
 from vmkeep.drivers.nbd_client import NbdReader
 from vmkeep.drivers.process import run_tool
 
 log = logging.getLogger(__name__)
 
 DIRECT_FORMATS = ("raw", "qcow2")
-DIRECT_ALIGNMENT = 4096
-"""Reads at offsets and of lengths that are multiples of this (every qcow2 cluster is) go
-through an O_DIRECT descriptor: the data is read once, so the page cache would only cost CPU
-(about 1.6 of 1.9 system CPU seconds per 3 GiB here) and push the host's useful pages out.
-Unaligned pieces (a raw image's tail) use the ordinary descriptor."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,21 +122,12 @@ def preallocated_map(path: Path) -> list[MappedRange]:
 class MappedFileReader:
     """An ExportReader that reads directly mapped ranges from the image file and everything
     else through ``fallback`` (NBD), which also answers ``extents`` and ``dirty_ranges``.
-    ``pread`` is thread-safe (os.pread is). ``fd`` is an ordinary read descriptor of the image
-    file, ``direct_fd`` (optional) the same file opened with O_DIRECT; the caller owns and
-    closes both. ``direct_bytes`` says how much of the disk the map lets it read directly."""
+    ``pread`` is thread-safe. ``file`` is the image file (the caller opens and closes it);
+    ``direct_bytes`` says how much of the disk the map lets it read directly."""
 
-    def __init__(
-        self,
-        fallback: NbdReader,
-        fd: int,
-        ranges: list[MappedRange],
-        direct_fd: int | None = None,
-    ) -> None:
+    def __init__(self, fallback: NbdReader, file: ImageFile, ranges: list[MappedRange]) -> None:
         self._fallback = fallback
-        self._fd = fd
-        self._direct_fd = direct_fd
-        self._buffers = threading.local()
+        self._file = file
         self._ranges = ranges
         self._starts = [r.start for r in ranges]
         self.direct_bytes = sum(r.length for r in ranges if r.host_offset is not None)
@@ -162,12 +145,12 @@ class MappedFileReader:
     def pread(self, offset: int, length: int) -> bytes:
         pieces = self._pieces(offset, length)
         if len(pieces) == 1 and pieces[0].host_offset is not None:
-            return self._read_file(pieces[0].host_offset, length)
+            return self._file.read(pieces[0].host_offset, length)
         buffer = bytearray(length)  # zeros where a piece is zero
         for piece in pieces:
             at, end = piece.start - offset, piece.start - offset + piece.length
             if piece.host_offset is not None:
-                buffer[at:end] = self._read_file(piece.host_offset, piece.length)
+                buffer[at:end] = self._file.read(piece.host_offset, piece.length)
             elif not piece.zero:
                 buffer[at:end] = self._fallback.pread(piece.start, piece.length)
         return bytes(buffer)
@@ -193,56 +176,3 @@ class MappedFileReader:
                 position = stop
             number += 1
         return pieces
-
-    def _read_file(self, host_offset: int, length: int) -> bytes:
-        direct_fd = self._direct_fd
-        if direct_fd is not None and not (host_offset | length) % DIRECT_ALIGNMENT:
-            try:
-                return self._read_direct(direct_fd, host_offset, length)
-            except OSError as exc:
-                if exc.errno != errno.EINVAL:  # EINVAL: a device needing larger alignment
-                    raise ToolError(f"reading the image failed: {exc.strerror}") from exc
-                self._direct_fd = None
-        try:
-            return _pread_exactly(self._fd, host_offset, length)
-        except OSError as exc:
-            raise ToolError(f"reading the image failed: {exc.strerror}") from exc
-
-    def _read_direct(self, fd: int, host_offset: int, length: int) -> bytes:
-        buffer: mmap.mmap | None = getattr(self._buffers, "buffer", None)
-        if buffer is None or len(buffer) < length:
-            buffer = mmap.mmap(-1, length)  # page-aligned, as O_DIRECT needs
-            self._buffers.buffer = buffer
-        view = memoryview(buffer)
-        done = 0
-        while done < length:
-            got = os.preadv(fd, [view[done:length]], host_offset + done)
-            if got <= 0:
-                raise ToolError(f"the image file ends before offset {host_offset + length}")
-            done += got
-        return bytes(view[:length])  # a copy: the buffer is this thread's, reused
-
-
-def _pread_exactly(fd: int, offset: int, length: int) -> bytes:
-    data = os.pread(fd, length, offset)
-    if len(data) == length:
-        return data
-    parts, done = [data], len(data)
-    while done < length:
-        more = os.pread(fd, length - done, offset + done)
-        if not more:
-            raise ToolError(f"the image file ends before offset {offset + length}")
-        parts.append(more)
-        done += len(more)
-    return b"".join(parts)
-
-
-def open_direct(path: Path, access: int = os.O_RDONLY) -> int | None:
-    """A descriptor of ``path`` opened with O_DIRECT and ``access`` (O_RDONLY, O_WRONLY), or
-    None where the filesystem has no O_DIRECT."""
-    try:
-        return os.open(path, access | os.O_CLOEXEC | os.O_DIRECT)
-    except OSError as exc:
-        if exc.errno == errno.EINVAL:
-            return None
-        raise ToolError(f"cannot open {path}: {exc.strerror}") from exc

@@ -23,8 +23,9 @@ import nbd
 
 from vmkeep.domain.errors import AlreadyExistsError, NotFoundError, ToolError, UsageError
 from vmkeep.drivers.allocator import allocator_environment
+from vmkeep.drivers.image_file import open_image_file
 from vmkeep.drivers.image_lock import writers_excluded
-from vmkeep.drivers.image_map import MappedFileReader, image_map, open_direct, preallocated_map
+from vmkeep.drivers.image_map import MappedFileReader, image_map, preallocated_map
 from vmkeep.drivers.nbd_client import (
     CONNECT_TIMEOUT,
     NbdPool,
@@ -34,12 +35,7 @@ from vmkeep.drivers.nbd_client import (
     stop_process,
 )
 from vmkeep.drivers.process import run_tool
-from vmkeep.drivers.raw_image import (
-    SparseFileWriter,
-    flush_file,
-    open_for_writing,
-    sparse_file_writer,
-)
+from vmkeep.drivers.raw_image import SparseFileWriter, sparse_file_writer
 
 _CREATE_OPTIONS = {"qcow2": ["-o", "compat=1.1"]}
 
@@ -192,15 +188,8 @@ class QemuImageIO:
             if ranges is None:
                 yield reader
                 return
-            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-            direct_fd = None
-            try:
-                direct_fd = open_direct(path)
-                yield MappedFileReader(reader, fd, ranges, direct_fd)
-            finally:
-                os.close(fd)
-                if direct_fd is not None:
-                    os.close(direct_fd)
+            with open_image_file(path) as file:
+                yield MappedFileReader(reader, file, ranges)
 
     @contextlib.contextmanager
     def create_writer(
@@ -269,16 +258,10 @@ def _preallocated_qcow2_writer(path: Path, size: int) -> Iterator[SparseFileWrit
     create += ["-o", "compat=1.1,preallocation=metadata", str(path), str(size)]
     run_tool(create)
     ranges = preallocated_map(path)
-    with open_for_writing(path) as fd:
-        direct_fd: int | None = None
-        try:
-            direct_fd = open_direct(path, os.O_WRONLY)
-            writer = SparseFileWriter(fd, size, direct_fd=direct_fd, ranges=ranges)
-            yield writer
-            flush_file(fd)
-        finally:
-            if direct_fd is not None:
-                os.close(direct_fd)
+    with open_image_file(path, writable=True) as file:
+        writer = SparseFileWriter(file, size, ranges=ranges)
+        yield writer
+        file.flush()
     with serve_image(path, "qcow2", 1, writable=True) as pool:
         _zero_runs(pool.first, writer.unwritten())
 
