@@ -266,6 +266,39 @@ def test_key_management(env: dict[str, str], tmp_path: Path) -> None:
     )
 
 
+def test_random_key_files(env: dict[str, str], tmp_path: Path) -> None:
+    key = tmp_path / "host.key"
+    added = json.loads(
+        run_vmkeep(env, "repo", "key", "add", "--key-file", str(key), "--json").stdout
+    )
+    assert added["key_file"] == str(key)
+    assert key.stat().st_mode & 0o777 == 0o600
+    assert key.read_text().startswith("vmkeep-random-key-v1:")
+    key_env = {**env, "VMKEEP_PASSWORD_FILE": str(key)}
+    keys = json.loads(run_vmkeep(key_env, "repo", "key", "list", "--json").stdout)
+    assert {(k["kind"], k["current"]) for k in keys} == {("password", False), ("random key", True)}
+    before = key.read_bytes()
+    again = run_vmkeep(env, "repo", "key", "add", "--key-file", str(key), check=False)
+    assert again.returncode == 2 and "never overwritten" in again.stderr
+    assert key.read_bytes() == before
+    assert len(json.loads(run_vmkeep(env, "repo", "key", "list", "--json").stdout)) == 2
+
+    fresh = tmp_path / "fresh.key"
+    fresh_env = {**env, "VMKEEP_REPO": str(tmp_path / "repo2"), "VMKEEP_PASSWORD_FILE": ""}
+    made = json.loads(
+        run_vmkeep(fresh_env, "repo", "init", "--key-file", str(fresh), "--json").stdout
+    )
+    assert made["key_file"] == str(fresh) and fresh.stat().st_mode & 0o777 == 0o600
+    opened = {**fresh_env, "VMKEEP_PASSWORD_FILE": str(fresh)}
+    keys = json.loads(run_vmkeep(opened, "repo", "key", "list", "--json").stdout)
+    assert [k["kind"] for k in keys] == ["random key"]
+    refused = run_vmkeep(
+        fresh_env, "repo", "init", "--key-file", str(tmp_path / "b.key"), check=False
+    )
+    assert refused.returncode != 0 and "exists" in refused.stderr
+    assert not (tmp_path / "b.key").exists()  # removed again: it opens nothing
+
+
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     mount = tmp_path / "small"

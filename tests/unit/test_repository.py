@@ -15,6 +15,8 @@ from vmkeep.domain.errors import (
     UsageError,
     WrongPasswordError,
 )
+from vmkeep.repository import keys as keyfiles
+from vmkeep.repository.codec import MasterKeys
 from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex
 from vmkeep.repository.repo import (
     Identity,
@@ -159,6 +161,80 @@ def test_key_add_change_remove() -> None:
     reopened = open_repository(store, lambda: b"new")
     assert reopened.key_id == new_id
     assert b'"kdf": "scrypt"' in reopened.export_key()
+
+
+def _no_scrypt(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*_args: object) -> bytes:
+        raise AssertionError("scrypt ran")
+
+    monkeypatch.setattr(keyfiles, "_wrapping_key", refuse)
+
+
+def test_random_key_opens_without_scrypt_even_beside_password_keys(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = MemoryStore()
+    make(store)
+    repo = open_repository(store, lambda: b"pw")
+    secret = keyfiles.new_random_secret()
+    random_id = repo.add_key(secret, WHO, "t2", random_key=True)
+    for _ in range(3):  # password keys sorting before it by name must not be tried first
+        repo.add_key(b"other", WHO, "t3", scrypt_n=1 << 10)
+    kinds = {k.key_id: k.kind for k in repo.list_keys()}
+    assert kinds[random_id] == "random key"
+    assert sorted(kinds.values()).count("password") == 4
+    assert b'"kdf": "blake3"' in store.objects[f"keys/{random_id}"]
+    assert b'"n"' not in store.objects[f"keys/{random_id}"]
+    _no_scrypt(monkeypatch)
+    opened = open_repository(store, lambda: secret)
+    assert opened.key_id == random_id
+    assert opened.codec_keys == repo.codec_keys
+
+
+def test_password_is_never_derived_against_a_random_key_file() -> None:
+    store = MemoryStore()
+    make(store)
+    repo = open_repository(store, lambda: b"pw")
+    repo.add_key(keyfiles.new_random_secret(), WHO, "t2", random_key=True)
+    assert open_repository(store, lambda: b"pw").key_id == repo.key_id
+    blob = store.objects[f"keys/{repo.list_keys()[-1].key_id}"]
+    with pytest.raises(WrongPasswordError, match="not a random key"):
+        keyfiles.unwrap_keys(blob, b"pw", repo_id=repo.config.repo_id_bytes, key_id="x")
+
+
+def test_wrong_or_malformed_random_keys_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    store = MemoryStore()
+    secret = keyfiles.new_random_secret()
+    init_repository(store, secret, InitOptions(random_key=True), now="t", who=WHO)
+    _no_scrypt(monkeypatch)
+    assert open_repository(store, lambda: secret).key_id is not None
+    for wrong in (
+        keyfiles.new_random_secret(),  # well formed, another key
+        secret[:-1],  # one character short: not 32 bytes
+        secret[:-2] + b"!!",  # not base64
+        b"vmkeep-random-key-v1:",
+    ):
+        with pytest.raises(WrongPasswordError):
+            open_repository(store, lambda wrong=wrong: wrong)
+    with pytest.raises(ValueError, match="new_random_secret"):
+        keyfiles.wrap_keys(
+            MasterKeys.generate(),
+            b"a chosen password",
+            repo_id=b"r" * 16,
+            key_id="k",
+            created="t",
+            host="h",
+            user="u",
+            kdf="blake3",
+        )
+
+
+def test_random_secret_format() -> None:
+    secret = keyfiles.new_random_secret(lambda n: bytes(range(n)))
+    assert secret.startswith(keyfiles.RANDOM_SECRET_PREFIX)
+    assert keyfiles.random_secret_bits(secret) == bytes(range(32))
+    assert keyfiles.random_secret_bits(b"pw") is None
+    assert keyfiles.new_random_secret() != keyfiles.new_random_secret()
 
 
 def test_index_data_bytes_counts_non_zero_chunks_and_the_short_last_one() -> None:

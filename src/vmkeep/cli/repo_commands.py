@@ -21,7 +21,7 @@ from vmkeep.repository.config import ENCRYPTION_AES, ENCRYPTION_NONE
 from vmkeep.repository.locks import locked, remove_locks
 from vmkeep.repository.repo import DEFAULT_CHUNK_SIZE, Identity, InitOptions
 from vmkeep.repository.stats import repository_stats
-from vmkeep.services.passwords import read_new_password
+from vmkeep.services.passwords import create_key_file, read_new_password
 from vmkeep.services.repository import (
     RepoAccess,
     create_repository,
@@ -35,6 +35,14 @@ key_app = typer.Typer(
 )
 app.add_typer(key_app, name="key")
 
+KeyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Instead of a password, make a random 256-bit key and write it to this new file "
+        "(mode 0600), for unattended hosts: give the file as --password-file or "
+        "VMKEEP_PASSWORD_FILE. Opening the repository then skips scrypt (~0.2 s per command).",
+    ),
+]
 RepoArgument = Annotated[
     str | None,
     typer.Argument(
@@ -56,6 +64,7 @@ def init(
         str, typer.Option(help="Fixed chunk size, a power of two from 64K to 16M.")
     ] = f"{DEFAULT_CHUNK_SIZE >> 20}M",
     compression_level: Annotated[int, typer.Option(help="zstd level, 1 (fast) to 19.")] = 3,
+    key_file: KeyFileOption = None,
     password_file: PasswordFileOption = None,
     s3_endpoint: S3EndpointOption = None,
     as_json: JsonOption = False,
@@ -79,6 +88,7 @@ def init(
         RepoAccess(password_file=password_file),
         InitOptions(encryption=encryption, chunk_size=size, compression_level=compression_level),
         os.environ,
+        key_file=key_file,
     )
     facts = {
         "repository": created.store.location,
@@ -87,6 +97,7 @@ def init(
         "chunk_size": created.chunk_size,
         "compression_level": created.config.compression_level,
         "key_id": created.key_id,
+        "key_file": str(key_file) if key_file else None,
     }
     if as_json:
         print_json(facts)
@@ -96,7 +107,13 @@ def init(
         f"encryption {created.config.encryption}, chunks of {format_size(created.chunk_size)}, "
         f"zstd level {created.config.compression_level}"
     )
-    if created.config.encrypted:
+    if key_file is not None:
+        stdout.print(
+            f"New random key in {escape(str(key_file))}: give it as --password-file or "
+            "VMKEEP_PASSWORD_FILE, and keep a copy safe elsewhere: without it the backups "
+            "cannot be read."
+        )
+    elif created.config.encrypted:
         stdout.print("Keep the password safe: without it the backups cannot be read.")
 
 
@@ -237,10 +254,11 @@ def key_list(
     if as_json:
         print_json([{**jsonable(k), "current": k.key_id == repository.key_id} for k in keys])
         return
-    table = Table("Key", "Created", "Host", "User", "")
+    table = Table("Key", "Kind", "Created", "Host", "User", "")
     for key in keys:
         table.add_row(
             key.key_id,
+            key.kind,
             key.created,
             key.host,
             key.user,
@@ -256,16 +274,33 @@ def key_add(
     new_password_file: Annotated[
         Path | None, typer.Option(help="File with the new password (mode 0600); else a prompt.")
     ] = None,
+    key_file: KeyFileOption = None,
     password_file: PasswordFileOption = None,
     s3_endpoint: S3EndpointOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Add a password that opens the repository."""
+    """Add a password, or with --key-file a random key, that opens the repository."""
+    if key_file is not None and new_password_file is not None:
+        raise typer.BadParameter("give --key-file or --new-password-file, not both")
     _settings, repository = open_repository_for(ctx, repo, password_file, s3_endpoint)
-    new_password = read_new_password(new_password_file)
-    with locked(repository.store, lock_environment(), exclusive=True, purpose="key add"):
-        key_id = repository.add_key(new_password, Identity.current(), now_text())
-    _report_key(as_json, {"added": key_id}, f"added key {key_id}")
+    if key_file is None:
+        new_password = read_new_password(new_password_file)
+        with locked(repository.store, lock_environment(), exclusive=True, purpose="key add"):
+            key_id = repository.add_key(new_password, Identity.current(), now_text())
+        _report_key(as_json, {"added": key_id}, f"added key {key_id}")
+        return
+    secret = create_key_file(key_file)
+    try:
+        with locked(repository.store, lock_environment(), exclusive=True, purpose="key add"):
+            key_id = repository.add_key(secret, Identity.current(), now_text(), random_key=True)
+    except BaseException:
+        key_file.unlink(missing_ok=True)
+        raise
+    _report_key(
+        as_json,
+        {"added": key_id, "key_file": str(key_file)},
+        f"added random key {key_id}, written to {escape(str(key_file))}",
+    )
 
 
 @key_app.command("remove")

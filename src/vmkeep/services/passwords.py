@@ -3,12 +3,15 @@
 environments leak into process listings and crash reports), then an interactive prompt.
 
 Password files must not be readable by group or others. The password itself is never logged.
+A *key file* (``create_key_file``) is a password file holding a random key made by vmkeep.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import logging
+import os
 import shlex
 import stat
 import subprocess
@@ -17,6 +20,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from vmkeep.domain.errors import InsecureFileError, UsageError
+from vmkeep.repository.keys import new_random_secret
 
 log = logging.getLogger(__name__)
 
@@ -106,3 +110,27 @@ def read_new_password(
     ``--new-password-file`` or asked twice. The environment is not consulted, since it holds
     the current password."""
     return read_password({}, password_file, confirm=True, prompt=prompt, interactive=interactive)
+
+
+def create_key_file(path: Path) -> bytes:
+    """Make a new random key (repository.keys.new_random_secret), write it to ``path`` (mode
+    0600, a new file: an existing one is never overwritten, nor a symlink followed) and
+    return it. The caller removes the file again if what it was made for fails."""
+    secret = new_random_secret()
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(path, flags, 0o600)
+    except FileExistsError:
+        raise UsageError(f"{path} exists already; a key file is never overwritten") from None
+    except OSError as exc:
+        raise UsageError(f"cannot create the key file {path}: {exc.strerror or exc}") from exc
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secret + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()
+        raise UsageError(f"cannot write the key file {path}: {exc.strerror or exc}") from exc
+    return secret

@@ -6,7 +6,7 @@ import os
 import socket
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,7 +31,7 @@ from vmkeep.repository.repo import (
 )
 from vmkeep.services.config import Settings
 from vmkeep.services.context import host_locks
-from vmkeep.services.passwords import read_password
+from vmkeep.services.passwords import create_key_file, read_password
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,16 +80,38 @@ def now_text() -> str:
 
 
 def create_repository(
-    settings: Settings, access: RepoAccess, options: InitOptions, env: Mapping[str, str]
+    settings: Settings,
+    access: RepoAccess,
+    options: InitOptions,
+    env: Mapping[str, str],
+    key_file: Path | None = None,
 ) -> Repository:
-    """``repo init``: asks for a new password (twice when interactive) unless unencrypted.
-    Bad options and a missing password are refused before anything is created."""
+    """``repo init``: asks for a new password (twice when interactive) unless unencrypted,
+    or with ``key_file`` writes a new random key there instead (removed again if the
+    repository cannot be made). Bad options and a missing password are refused before
+    anything is created."""
     validate_init_options(options)
-    password = None
-    if options.encryption != "none":
-        password = read_password(env, access.password_file, confirm=True)
-    store = make_store(settings, access, create=True)
-    return init_repository(store, password, options, now=now_text(), who=Identity.current())
+    if key_file is not None and (options.encryption == "none" or access.password_file):
+        raise UsageError("--key-file replaces the password of an encrypted repository")
+    if key_file is None:
+        password = None
+        if options.encryption != "none":
+            password = read_password(env, access.password_file, confirm=True)
+        store = make_store(settings, access, create=True)
+        return init_repository(store, password, options, now=now_text(), who=Identity.current())
+    secret = create_key_file(key_file)
+    try:
+        store = make_store(settings, access, create=True)
+        return init_repository(
+            store,
+            secret,
+            replace(options, random_key=True),
+            now=now_text(),
+            who=Identity.current(),
+        )
+    except BaseException:
+        key_file.unlink(missing_ok=True)
+        raise
 
 
 def unlock_repository(settings: Settings, access: RepoAccess, env: Mapping[str, str]) -> Repository:
