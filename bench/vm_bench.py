@@ -14,6 +14,13 @@ page cache dropped before it (bench/repository_bench.py's ``measure``):
 - restic and borg: the qcow2 file of the test disk (what a file-level tool backs up), first
   backup and restore, as the restore baseline.
 
+vmkeep's repository is made with ``repo init --key-file`` (a random key, as an unattended host
+would use; a password adds one scrypt unlock, ~0.2 s, to every command).
+
+With ``--repeat N`` every tool runs N times, the tools taking turns in each round so that all
+see the same host (these machines' speed drifts by a third within an hour); the tables show
+the median of each column and the JSON keeps every run.
+
 Targets from the issue: vmkeep full <= 0.6x virtnbdbackup, incremental <= 0.5x virtnbdbackup,
 restore <= 0.5x restic, stored <= restic. Results: printed and bench/results/*-vm.json.
 """
@@ -24,6 +31,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -102,9 +110,9 @@ def change_guest(env: dict[str, str], virtual_size: int, seed: int) -> None:
 
 
 def bench_vmkeep(work: Path, env: dict[str, str], prep: Preparation, size: int) -> dict[str, Any]:
-    repo = work / "vmkeep-repo"
-    env = {**env, "VMKEEP_REPO": str(repo)}
-    run([VMKEEP, "repo", "init"], env=env)
+    repo, key = work / "vmkeep-repo", work / "vmkeep.key"
+    env = {**env, "VMKEEP_REPO": str(repo), "VMKEEP_PASSWORD_FILE": str(key)}
+    run([VMKEEP, "repo", "init", "--key-file", key], env=env)
     parse = json.loads
     full = measure(
         "vmkeep full", [VMKEEP, "backup", VM, "--full", "--json"], env=env, prep=prep, parse=parse
@@ -200,12 +208,32 @@ def _row(
     }
 
 
+_MEDIAN_KEYS = ("full_s", "inc_s", "restore_s", "stored_mib", "peak_rss_mib", "inc_read_mib")
+
+
+def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One row per tool: the median of each measured column over the rounds."""
+    merged = []
+    for position, first in enumerate(rounds[0]):
+        runs = [round_rows[position] for round_rows in rounds]
+        row = dict(first)
+        for key in _MEDIAN_KEYS:
+            values = [r[key] for r in runs if r[key] is not None]
+            row[key] = round(statistics.median(values), 2) if values else None
+        row["background"] = max(r["background"] for r in runs)
+        merged.append(row)
+    return merged
+
+
 def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
-def report(rows: list[dict[str, Any]], console: Console) -> dict[str, str]:
-    table = Table(title="VM backup benchmark (s = wall time incl. sync; stored = after the full)")
+def report(rows: list[dict[str, Any]], console: Console, rounds: int = 1) -> dict[str, str]:
+    table = Table(
+        title="VM backup benchmark (s = wall time incl. sync; stored = after the full"
+        + (f"; median of {rounds} rounds)" if rounds > 1 else ")")
+    )
     for column in (
         "tool",
         "full s",
@@ -251,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="2 GiB disk with 500 MiB of files")
     parser.add_argument(
+        "--repeat", type=int, default=1, help="rounds (the tools take turns in each round)"
+    )
+    parser.add_argument(
         "--quiet-share",
         type=float,
         default=0.25,
@@ -270,17 +301,24 @@ def main(argv: list[str] | None = None) -> int:
     env = _env(work)
     prep = Preparation(drop_caches=True, quiet_share=args.quiet_share, settle_timeout=60)
     started = time.monotonic()
+    rounds: list[list[dict[str, Any]]] = []
     try:
-        prepare_vm(Path(disk.path), env)
-        rows = [bench_vmkeep(work, env, prep, disk.virtual_size)]
-        prepare_vm(Path(disk.path), env)  # the same starting point for the peer
-        rows.append(bench_virtnbdbackup(work, env, prep, disk.virtual_size))
-        for tool in ("restic", "borg"):
-            rows.append(bench_file_tool(tool, work, env, prep, Path(disk.path)))
+        for number in range(args.repeat):
+            here = work / f"round-{number}"
+            here.mkdir()
+            prepare_vm(Path(disk.path), env)
+            rows = [bench_vmkeep(here, env, prep, disk.virtual_size)]
+            prepare_vm(Path(disk.path), env)  # the same starting point for the peer
+            rows.append(bench_virtnbdbackup(here, env, prep, disk.virtual_size))
+            for tool in ("restic", "borg"):
+                rows.append(bench_file_tool(tool, here, env, prep, Path(disk.path)))
+            rounds.append(rows)
+            shutil.rmtree(here, ignore_errors=True)
     finally:
         subprocess.run([str(VMKEEP), "lab", "destroy", VM], env=env, capture_output=True)
         shutil.rmtree(work, ignore_errors=True)
-    ratios = report(rows, console)
+    rows = median_rows(rounds)
+    ratios = report(rows, console, len(rounds))
     results = BENCH_DIR / "results"
     results.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
@@ -289,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "disk": disk.__dict__,
                 "rows": rows,
+                "rounds": rounds,
                 "ratios": ratios,
                 "elapsed_seconds": round(time.monotonic() - started, 1),
             },
