@@ -203,7 +203,10 @@ class Codec:
             salt = blob[HEADER_BYTES : HEADER_BYTES + SALT_BYTES]
             try:
                 payload = AESGCM(self._subkey(salt)).decrypt(
-                    _FIXED_NONCE, blob[HEADER_BYTES + SALT_BYTES :], aad
+                    # a view: slicing the bytes would copy every chunk's ciphertext once more
+                    _FIXED_NONCE,
+                    memoryview(blob)[HEADER_BYTES + SALT_BYTES :],
+                    aad,
                 )
             except InvalidTag:
                 raise IntegrityError(
