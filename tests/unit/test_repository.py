@@ -229,11 +229,27 @@ def test_wrong_or_malformed_random_keys_are_refused(monkeypatch: pytest.MonkeyPa
         )
 
 
+@pytest.mark.parametrize(
+    "bad",
+    [b"not json", b'{"kdf": []}', b'{"kdf": "blake3", "nonce": "", "sealed": ""}', b"[1]"],
+    ids=["json", "unhashable-kdf", "blake3-without-salt", "list"],
+)
+def test_a_malformed_key_file_does_not_lock_out_good_keys(bad: bytes) -> None:
+    store = MemoryStore()
+    make(store)
+    store.objects["keys/0000000000000000"] = bad  # sorts first by name
+    assert open_repository(store, lambda: b"pw").key_id is not None
+    with pytest.raises(RepositoryError, match="0000000000000000") as refused:
+        open_repository(store, lambda: b"wrong")
+    assert not isinstance(refused.value, WrongPasswordError)  # it names the broken file
+
+
 def test_random_secret_format() -> None:
     secret = keyfiles.new_random_secret(lambda n: bytes(range(n)))
     assert secret.startswith(keyfiles.RANDOM_SECRET_PREFIX)
     assert keyfiles.random_secret_bits(secret) == bytes(range(32))
     assert keyfiles.random_secret_bits(b"pw") is None
+    assert keyfiles.random_secret_bits(secret[:30] + b"*" + secret[30:]) is None  # strict
     assert keyfiles.new_random_secret() != keyfiles.new_random_secret()
 
 

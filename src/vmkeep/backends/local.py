@@ -149,7 +149,7 @@ def _write_out_soon(fd: int) -> None:
     would then push the host's useful pages out of the cache. ``POSIX_FADV_DONTNEED`` starts
     the writeback without waiting for it; durability still comes from ``sync``.
     """
-    with contextlib.suppress(OSError):  # only a hint
+    with contextlib.suppress(OSError, AttributeError):  # only a hint (Linux has it)
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
 
 

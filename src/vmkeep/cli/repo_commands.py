@@ -25,6 +25,7 @@ from vmkeep.services.passwords import create_key_file, read_new_password
 from vmkeep.services.repository import (
     RepoAccess,
     create_repository,
+    discard_unused_key_file,
     lock_environment,
     now_text,
 )
@@ -294,7 +295,7 @@ def key_add(
         with locked(repository.store, lock_environment(), exclusive=True, purpose="key add"):
             key_id = repository.add_key(secret, Identity.current(), now_text(), random_key=True)
     except BaseException:
-        key_file.unlink(missing_ok=True)
+        discard_unused_key_file(key_file, repository.store, secret)
         raise
     _report_key(
         as_json,

@@ -75,7 +75,7 @@ def random_secret_bits(secret: bytes) -> bytes | None:
         return None
     encoded = secret[len(RANDOM_SECRET_PREFIX) :]
     try:
-        raw = base64.urlsafe_b64decode(encoded + b"=" * (-len(encoded) % 4))
+        raw = base64.b64decode(encoded + b"=" * (-len(encoded) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError):
         return None
     return raw if len(raw) == _RANDOM_SECRET_BYTES else None
@@ -156,9 +156,11 @@ def _parse(key_id: str, blob: bytes) -> dict[str, object]:
         document = json.loads(blob)
     except ValueError as exc:
         raise RepositoryError(f"key file {key_id} is not valid JSON") from exc
-    if not isinstance(document, dict) or document.get("kdf") not in KDF_KINDS:
+    kdf = document.get("kdf") if isinstance(document, dict) else None
+    if not isinstance(kdf, str) or kdf not in KDF_KINDS:
         raise RepositoryError(f"key file {key_id} has an unknown format")
-    return document
+    parsed: dict[str, object] = document
+    return parsed
 
 
 def unwrap_keys(blob: bytes, password: bytes, *, repo_id: bytes, key_id: str) -> MasterKeys:
@@ -185,6 +187,8 @@ def unwrap_keys(blob: bytes, password: bytes, *, repo_id: bytes, key_id: str) ->
         secret = json.loads(AESGCM(wrapping).decrypt(nonce, sealed, _aad(repo_id, key_id)))
     except InvalidTag:
         raise WrongPasswordError("wrong password") from None
+    except ValueError as exc:  # a nonce of the wrong length, sealed bytes that are not JSON
+        raise RepositoryError(f"key file {key_id} is malformed: {exc}") from exc
     return MasterKeys(
         encryption=unb64(secret["encryption"]),
         chunk_id=unb64(secret["chunk_id"]),

@@ -359,7 +359,9 @@ def _unlock(store: ObjectStore, config: RepoConfig, secret: bytes) -> tuple[Mast
         raise RepositoryError(f"the repository at {store.location} has no key files")
     blobs = {name[len(keyfiles.KEY_PREFIX) :]: store.get(name) for name in names}
     # Random-key files first: trying one costs microseconds, a password file ~0.2 s of scrypt.
-    order = sorted(blobs, key=lambda key_id: keyfiles.key_kdf(key_id, blobs[key_id]) != "blake3")
+    # A malformed key file is skipped, so that it cannot lock out the keys that are fine.
+    order = sorted(blobs, key=lambda key_id: _unlock_order(key_id, blobs[key_id]))
+    malformed: list[str] = []
     for key_id in order:
         try:
             keys = keyfiles.unwrap_keys(
@@ -367,5 +369,21 @@ def _unlock(store: ObjectStore, config: RepoConfig, secret: bytes) -> tuple[Mast
             )
         except WrongPasswordError:
             continue
+        except RepositoryError as exc:
+            malformed.append(str(exc))
+            continue
         return keys, key_id
+    if malformed:
+        raise RepositoryError(
+            f"no key of the repository at {store.location} opens with this password, and "
+            + "; ".join(malformed)
+        )
     raise WrongPasswordError(f"wrong password for the repository at {store.location}")
+
+
+def _unlock_order(key_id: str, blob: bytes) -> int:
+    """0 for random-key files, 1 for password files, 2 for files that do not parse."""
+    try:
+        return 0 if keyfiles.key_kdf(key_id, blob) == "blake3" else 1
+    except RepositoryError:
+        return 2

@@ -129,8 +129,19 @@ def create_key_file(path: Path) -> bytes:
             handle.write(secret + b"\n")
             handle.flush()
             os.fsync(handle.fileno())
-    except OSError as exc:
+        _fsync_directory(path.parent)  # the file's name must survive a crash as its key does
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             path.unlink()
-        raise UsageError(f"cannot write the key file {path}: {exc.strerror or exc}") from exc
+        if isinstance(exc, OSError):
+            raise UsageError(f"cannot write the key file {path}: {exc.strerror or exc}") from exc
+        raise
     return secret
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
@@ -12,7 +13,7 @@ from pathlib import Path
 
 from vmkeep.backends.local import LocalStore
 from vmkeep.backends.wrappers import RateLimitedStore, RetryingStore
-from vmkeep.domain.errors import UsageError
+from vmkeep.domain.errors import UsageError, WrongPasswordError
 from vmkeep.drivers.allocator import tune_for_large_buffers
 from vmkeep.drivers.hooks import CommandHooks
 from vmkeep.drivers.nbd_image import QemuImageIO
@@ -20,6 +21,7 @@ from vmkeep.engine.image_backup import RepoSession
 from vmkeep.engine.vm_backup import VmBackupDeps
 from vmkeep.ports import Hypervisor, ObjectStore, Progress
 from vmkeep.repository.cache import ChunkCache
+from vmkeep.repository.config import CONFIG_NAME
 from vmkeep.repository.locks import LockEnvironment
 from vmkeep.repository.repo import (
     Identity,
@@ -32,6 +34,8 @@ from vmkeep.repository.repo import (
 from vmkeep.services.config import Settings
 from vmkeep.services.context import host_locks
 from vmkeep.services.passwords import create_key_file, read_password
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,18 +104,36 @@ def create_repository(
         store = make_store(settings, access, create=True)
         return init_repository(store, password, options, now=now_text(), who=Identity.current())
     secret = create_key_file(key_file)
+    made: ObjectStore | None = None
     try:
-        store = make_store(settings, access, create=True)
+        made = make_store(settings, access, create=True)
         return init_repository(
-            store,
+            made,
             secret,
             replace(options, random_key=True),
             now=now_text(),
             who=Identity.current(),
         )
     except BaseException:
-        key_file.unlink(missing_ok=True)
+        discard_unused_key_file(key_file, made, secret)
         raise
+
+
+def discard_unused_key_file(key_file: Path, store: ObjectStore | None, secret: bytes) -> None:
+    """After a failed ``init``/``key add``: remove the new key file unless the repository in
+    ``store`` opens with it (it may have been written before the failure: then the file may
+    be the only key). When that cannot be told, the file is kept."""
+    try:
+        if store is not None and store.exists(CONFIG_NAME):
+            open_repository(store, lambda: secret)
+            log.warning("kept the new key file %s: the repository opens with it", key_file)
+            return
+    except WrongPasswordError:
+        pass  # its key was never written
+    except Exception as exc:  # e.g. the store went away: keep the key, and say so
+        log.warning("kept the new key file %s: cannot tell whether it is used: %s", key_file, exc)
+        return
+    key_file.unlink(missing_ok=True)
 
 
 def unlock_repository(settings: Settings, access: RepoAccess, env: Mapping[str, str]) -> Repository:
