@@ -21,11 +21,11 @@ from vmkeep.repository.config import ENCRYPTION_AES, ENCRYPTION_NONE
 from vmkeep.repository.locks import locked, remove_locks
 from vmkeep.repository.repo import DEFAULT_CHUNK_SIZE, Identity, InitOptions
 from vmkeep.repository.stats import repository_stats
-from vmkeep.services.passwords import create_key_file, read_new_password
+from vmkeep.services.passwords import read_new_password
 from vmkeep.services.repository import (
     RepoAccess,
+    add_random_key,
     create_repository,
-    discard_unused_key_file,
     lock_environment,
     now_text,
 )
@@ -290,13 +290,7 @@ def key_add(
             key_id = repository.add_key(new_password, Identity.current(), now_text())
         _report_key(as_json, {"added": key_id}, f"added key {key_id}")
         return
-    secret = create_key_file(key_file)
-    try:
-        with locked(repository.store, lock_environment(), exclusive=True, purpose="key add"):
-            key_id = repository.add_key(secret, Identity.current(), now_text(), random_key=True)
-    except BaseException:
-        discard_unused_key_file(key_file, repository.store, secret)
-        raise
+    key_id = add_random_key(repository, key_file)
     _report_key(
         as_json,
         {"added": key_id, "key_file": str(key_file)},

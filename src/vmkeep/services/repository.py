@@ -22,7 +22,7 @@ from vmkeep.engine.vm_backup import VmBackupDeps
 from vmkeep.ports import Hypervisor, ObjectStore, Progress
 from vmkeep.repository.cache import ChunkCache
 from vmkeep.repository.config import CONFIG_NAME
-from vmkeep.repository.locks import LockEnvironment
+from vmkeep.repository.locks import LockEnvironment, locked
 from vmkeep.repository.repo import (
     Identity,
     InitOptions,
@@ -116,6 +116,18 @@ def create_repository(
         )
     except BaseException:
         discard_unused_key_file(key_file, made, secret)
+        raise
+
+
+def add_random_key(repository: Repository, key_file: Path) -> str:
+    """``key add --key-file``: a new random key in ``key_file`` that opens ``repository``;
+    returns its key id. The file is removed again if the key could not be added."""
+    secret = create_key_file(key_file)
+    try:
+        with locked(repository.store, lock_environment(), exclusive=True, purpose="key add"):
+            return repository.add_key(secret, Identity.current(), now_text(), random_key=True)
+    except BaseException:
+        discard_unused_key_file(key_file, repository.store, secret)
         raise
 
 
