@@ -335,10 +335,14 @@ class MemoryWriter:
     def __init__(self, size: int) -> None:
         self.data = bytearray(size)
         self.written: list[int] = []
+        self.reserved: list[tuple[int, int]] = []
 
     def pwrite(self, offset: int, data: bytes) -> None:
         self.data[offset : offset + len(data)] = data
         self.written.append(offset)
+
+    def reserve(self, offset: int, length: int) -> None:
+        self.reserved.append((offset, length))
 
 
 class FakeImageIO:
@@ -348,6 +352,7 @@ class FakeImageIO:
     def __init__(self) -> None:
         self.images: dict[Path, MemoryImage] = {}
         self.outputs: dict[Path, bytes] = {}
+        self.reserved: dict[Path, list[tuple[int, int]]] = {}
 
     @contextlib.contextmanager
     def open_reader(
@@ -377,6 +382,7 @@ class FakeImageIO:
         writer = MemoryWriter(size)
         yield writer
         self.outputs[path] = bytes(writer.data)
+        self.reserved[path] = writer.reserved
 
 
 class MemoryLocks:

@@ -343,6 +343,12 @@ class BlockWriter(Protocol):
         """Write ``data`` at ``offset``."""
         ...
 
+    def reserve(self, offset: int, length: int) -> None:
+        """Set space aside for data about to be written at ``[offset, offset + length)``.
+        Raises StoreFullError when it does not fit; a no-op where the image cannot reserve.
+        Space reserved and not written is given back when the image is complete."""
+        ...
+
 
 class ImageIO(Protocol):
     """Opens disk images for reading and creates new ones, whatever their format."""

@@ -330,6 +330,36 @@ def test_full_disk_fails_cleanly_and_the_repository_stays_consistent(
     assert not list((small_disk / "repo" / "tmp").glob("*"))
 
 
+def test_a_restore_that_does_not_fit_fails_cleanly_and_leaves_nothing(
+    env: dict[str, str], tmp_path: Path, small_disk: Path
+) -> None:
+    """On a 6 MiB filesystem a 16 MiB image fails with "no space left" (from reserving its
+    space, before the chunks are written; unit-tested in test_raw_image.py), and no partial
+    file stays."""
+    image = make_image(tmp_path / "noise.raw", "16M", "raw")
+    subprocess.run(
+        ["dd", "if=/dev/urandom", f"of={image}", "bs=1M", "count=16", "conv=notrunc"],
+        check=True,
+        capture_output=True,
+    )
+    backup = json.loads(run_vmkeep(env, "backup-image", str(image), "--json").stdout)
+    for image_format in ("raw", "qcow2"):
+        target = small_disk / f"restored.{image_format}"
+        done = run_vmkeep(
+            env,
+            "restore-image",
+            backup["backup_id"],
+            "--to",
+            str(target),
+            "--format",
+            image_format,
+            check=False,
+        )
+        assert done.returncode == 11, done.stderr
+        assert "no space left" in done.stderr
+        assert not list(small_disk.iterdir())
+
+
 def test_kill_9_leaves_no_backup_and_the_next_run_works(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -100,6 +100,18 @@ def test_last_partial_chunk(session: RepoSession) -> None:
     assert images(session).outputs[Path("/o")] == content
 
 
+def test_restore_reserves_the_space_of_each_run_of_data_chunks_first(
+    session: RepoSession,
+) -> None:
+    content = disk((0, os.urandom(2 * CHUNK)), (5 * CHUNK, b"x"), size=6 * CHUNK + 1234)
+    content = content[:-1234] + os.urandom(1234)  # chunks 0, 1, 5 and the short 6
+    images(session).images[Path("/d")] = MemoryImage(content)
+    manifest = backup_image(session, ImageBackupRequest(Path("/d")), now=NOW, host="h")
+    restore_image(session, ImageRestoreRequest(manifest.backup_id, Path("/o")))
+    assert images(session).outputs[Path("/o")] == content
+    assert images(session).reserved[Path("/o")] == [(0, 2 * CHUNK), (5 * CHUNK, CHUNK + 1234)]
+
+
 def test_failed_read_leaves_no_backup_and_no_lock(session: RepoSession) -> None:
     images(session).images[Path("/d")] = MemoryImage(os.urandom(8 * CHUNK), fail_after=3)
     with pytest.raises(ToolError):

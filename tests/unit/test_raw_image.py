@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -78,3 +79,62 @@ def test_unwritten_runs_end_at_the_disk_size(tmp_path: Path) -> None:
         writer.pwrite(64 * KiB * 2, bytes(64 * KiB))  # zeros are not a write
         assert writer.unwritten() == [(0, 64 * KiB), (128 * KiB, 64 * KiB + 1000)]
     assert target.stat().st_size == size
+
+
+def test_reserved_space_is_allocated_before_the_writes_and_given_back_where_unused(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "disk.raw"
+    with sparse_file_writer(target, 4 << 20) as writer:
+        writer.reserve(1 << 20, 2 << 20)
+        assert target.stat().st_blocks * 512 >= 2 << 20  # allocated before any write
+        data = os.urandom(64 * KiB)
+        writer.pwrite(1 << 20, data + bytes(1024 * KiB - 64 * KiB))  # one block of data
+    assert target.stat().st_blocks * 512 <= 64 * KiB + 4 * KiB  # the rest was punched out
+    content = target.read_bytes()
+    assert content[1 << 20 : (1 << 20) + 64 * KiB] == data
+    assert content.count(0) == len(content) - len(data) + data.count(0)
+
+
+def test_reserving_more_than_the_filesystem_holds_fails_before_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vmkeep.domain.errors import StoreFullError
+    from vmkeep.drivers import file_space
+
+    def full(_fd: int, _offset: int, _length: int) -> bool:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(file_space, "reserve", full)
+    target = tmp_path / "disk.raw"
+    with pytest.raises(StoreFullError), sparse_file_writer(target, 4 << 20) as writer:
+        writer.reserve(0, 4 << 20)
+    assert not target.exists()
+
+
+def test_without_reservations_writes_still_land(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A filesystem without fallocate (NFSv3, older ZFS): nothing is reserved, and nothing
+    is punched afterwards."""
+    from vmkeep.drivers import file_space
+
+    calls: list[str] = []
+
+    def unsupported(_fd: int, _offset: int, _length: int) -> bool:
+        calls.append("reserve")
+        return False
+
+    def punch(_fd: int, _offset: int, _length: int) -> bool:
+        calls.append("punch")
+        return True
+
+    monkeypatch.setattr(file_space, "reserve", unsupported)
+    monkeypatch.setattr(file_space, "punch_hole", punch)
+    target = tmp_path / "disk.raw"
+    with sparse_file_writer(target, 4 << 20) as writer:
+        writer.reserve(0, 1 << 20)
+        writer.reserve(2 << 20, 1 << 20)  # not tried again
+        writer.pwrite(0, b"x" * 100)
+    assert calls == ["reserve"]
+    assert target.read_bytes()[:100] == b"x" * 100

@@ -32,10 +32,14 @@ from vmkeep.engine.image_backup import (
     backup_image,
     restore_image,
 )
-from vmkeep.services.repository import RepoAccess, repo_session
+from vmkeep.services.repository import RepoAccess, repo_session, restore_workers
 
 WorkersOption = Annotated[
     int | None, typer.Option(help="Parallel chunk workers (default: twice the CPU count).")
+]
+RestoreWorkersOption = Annotated[
+    int | None,
+    typer.Option(help="Parallel chunk workers (default: four times the CPU count, at least 8)."),
 ]
 
 
@@ -85,15 +89,15 @@ def restore_image_command(
     force: Annotated[bool, typer.Option(help="Overwrite the target if it exists.")] = False,
     password_file: PasswordFileOption = None,
     s3_endpoint: S3EndpointOption = None,
-    workers: WorkersOption = None,
+    workers: RestoreWorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Restore one disk of a backup into a new thin image, verified chunk by chunk."""
     settings = settings_for(ctx, repo, s3_endpoint)
     progress = TerminalProgress(quiet=as_json)
-    with repo_session(
-        settings, RepoAccess(password_file=password_file), os.environ, progress, workers
-    ) as session:
+    access = RepoAccess(password_file=password_file)
+    workers = workers or restore_workers()
+    with repo_session(settings, access, os.environ, progress, workers) as session:
         restored = restore_image(
             session,
             ImageRestoreRequest(

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from vmkeep.cli.backup_commands import WorkersOption
+from vmkeep.cli.backup_commands import RestoreWorkersOption, WorkersOption
 from vmkeep.cli.output import escape, print_json, stderr, stdout, warn
 from vmkeep.cli.progress import TerminalProgress
 from vmkeep.cli.repo_options import (
@@ -29,7 +29,12 @@ from vmkeep.domain.units import format_size
 from vmkeep.engine.vm_backup import VmBackupOptions, VmBackupResult, backup_vms
 from vmkeep.engine.vm_restore import VmRestoreRequest, restore_vm
 from vmkeep.services.context import open_services
-from vmkeep.services.repository import RepoAccess, repo_session, vm_backup_deps
+from vmkeep.services.repository import (
+    RepoAccess,
+    repo_session,
+    restore_workers,
+    vm_backup_deps,
+)
 
 
 def backup_command(
@@ -145,7 +150,7 @@ def restore_command(
     repo: RepoOption = None,
     password_file: PasswordFileOption = None,
     s3_endpoint: S3EndpointOption = None,
-    workers: WorkersOption = None,
+    workers: RestoreWorkersOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Restore a backup: its disks to a directory (--to), or as a new VM (--as)."""
@@ -166,7 +171,11 @@ def restore_command(
     with (
         open_services(settings) as services,
         repo_session(
-            settings, RepoAccess(password_file=password_file), os.environ, progress, workers
+            settings,
+            RepoAccess(password_file=password_file),
+            os.environ,
+            progress,
+            workers or restore_workers(),
         ) as session,
     ):
         result = restore_vm(session, services.hypervisor(), request)

@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from vmkeep.domain.errors import StoreFullError, ToolError
+from vmkeep.drivers import file_space
 
 DIRECT_ALIGNMENT = 4096
 """Pieces whose offset and length are multiples of this (every qcow2 cluster is) go through
@@ -65,6 +66,23 @@ class ImageFile:
                 self._direct_fd = None
                 self.write(offset, data)
                 return
+            raise _write_error(exc) from exc
+
+    def reserve(self, offset: int, length: int) -> bool:
+        """Allocate the file's blocks for ``[offset, offset + length)`` ahead of the writes
+        (see file_space.py). False where the filesystem cannot; StoreFullError when it has no
+        room."""
+        try:
+            return file_space.reserve(self._fd, offset, length)
+        except OSError as exc:
+            raise _write_error(exc) from exc
+
+    def release(self, offset: int, length: int) -> None:
+        """Punch ``[offset, offset + length)`` out of the file: it reads as zeros and takes no
+        space. Does nothing where the filesystem cannot."""
+        try:
+            file_space.punch_hole(self._fd, offset, length)
+        except OSError as exc:
             raise _write_error(exc) from exc
 
     def flush(self) -> None:

@@ -175,6 +175,9 @@ class NbdWriter:
         with self._pool.borrow() as handle:
             handle.pwrite(data, offset)
 
+    def reserve(self, offset: int, length: int) -> None:
+        """Nothing: qemu-nbd allocates as it writes (the images it writes are small)."""
+
 
 def stop_process(process: subprocess.Popen[bytes]) -> None:
     """Terminate a server we started, killing it if it does not exit within 10 s."""

@@ -261,6 +261,7 @@ def _preallocated_qcow2_writer(path: Path, size: int) -> Iterator[SparseFileWrit
     with open_image_file(path, writable=True) as file:
         writer = SparseFileWriter(file, size, ranges=ranges)
         yield writer
+        writer.release_unused()
         file.flush()
     with serve_image(path, "qcow2", 1, writable=True) as pool:
         _zero_runs(pool.first, writer.unwritten())

@@ -159,14 +159,18 @@ def restore_disk(
     *,
     workers: int,
 ) -> None:
-    """Write every non-zero chunk of ``index`` to ``writer``; zero chunks stay holes.
+    """Write every non-zero chunk of ``index`` to ``writer``; zero chunks stay holes. The
+    space for them is reserved first, so a restore that does not fit fails before it writes.
 
     Each chunk is authenticated and re-hashed before it is written, so a corrupt repository
     raises IntegrityError rather than producing wrong bytes (the writer then discards the
     partial image).
     """
-    progress.begin(label, index.disk_size)
     numbers = [n for n, cid in enumerate(index.chunk_ids) if cid != ZERO_CHUNK]
+    for first, last in _runs_of_consecutive(numbers):
+        start = first * index.chunk_size
+        writer.reserve(start, (last - first) * index.chunk_size + index.chunk_length(last))
+    progress.begin(label, index.disk_size)
     progress.advance(index.disk_size - sum(index.chunk_length(n) for n in numbers))
 
     def work(number: int) -> _ChunkResult:
@@ -181,3 +185,14 @@ def restore_disk(
         _bounded_map(work, numbers, workers, lambda _n, r: progress.advance(r.read))
     finally:
         progress.finish()
+
+
+def _runs_of_consecutive(numbers: Sequence[int]) -> list[tuple[int, int]]:
+    """(first, last) of each run of consecutive numbers in the sorted ``numbers``."""
+    runs: list[tuple[int, int]] = []
+    for number in numbers:
+        if runs and runs[-1][1] == number - 1:
+            runs[-1] = (runs[-1][0], number)
+        else:
+            runs.append((number, number))
+    return runs

