@@ -36,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +76,9 @@ def _env(work: Path) -> dict[str, str]:
     return env
 
 
-def prepare_vm(disk: Path, env: dict[str, str]) -> Path:
-    """A running lab VM whose vdb is a fresh copy of the test disk; returns vdb's path."""
+def prepare_vm(disk: Path, env: dict[str, str], disk_cache: str = "none") -> Path:
+    """A running lab VM whose vdb is a fresh copy of the test disk, opened by QEMU with the
+    ``disk_cache`` mode ("default": libvirt's, i.e. QEMU's writeback); returns vdb's path."""
     if _exists():
         run([VMKEEP, "lab", "destroy", VM], env=env)
     out = run(
@@ -86,8 +88,27 @@ def prepare_vm(disk: Path, env: dict[str, str]) -> Path:
     run(["virsh", "destroy", VM])
     vdb.unlink()
     run(["qemu-img", "convert", "-O", "qcow2", "-o", "compat=1.1", str(disk), str(vdb)])
+    if disk_cache != "default":
+        _set_disk_cache(vdb, disk_cache)
     run([VMKEEP, "lab", "create", VM, "--reuse"], env=env)
     return vdb
+
+
+def _set_disk_cache(source: Path, mode: str) -> None:
+    """Give the (shut-off) VM's disk at ``source`` the cache mode ``mode``; with "none" also
+    io="native", as Proxmox VE and OpenStack configure their VMs' disks."""
+    root = ET.fromstring(run(["virsh", "dumpxml", "--inactive", VM]))  # noqa: S314 - local libvirtd
+    for disk in root.iter("disk"):
+        found = disk.find("source")
+        driver = disk.find("driver")
+        if found is not None and driver is not None and found.get("file") == str(source):
+            driver.set("cache", mode)
+            if mode == "none":
+                driver.set("io", "native")
+    with tempfile.NamedTemporaryFile("w", suffix=".xml") as xml:
+        xml.write(ET.tostring(root, encoding="unicode"))
+        xml.flush()
+        run(["virsh", "define", xml.name])
 
 
 def _exists() -> bool:
@@ -287,6 +308,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.25,
         help="wait until the machine's CPU use is below this share before each command",
     )
+    parser.add_argument(
+        "--disk-cache",
+        choices=("none", "writeback", "default"),
+        default="none",
+        help="QEMU's cache mode for the VM's data disk (none: as Proxmox VE and OpenStack set it)",
+    )
     args = parser.parse_args(argv)
     console = Console()
     ensure_tools(["restic", "borg"])
@@ -306,9 +333,9 @@ def main(argv: list[str] | None = None) -> int:
         for number in range(args.repeat):
             here = work / f"round-{number}"
             here.mkdir()
-            prepare_vm(Path(disk.path), env)
+            prepare_vm(Path(disk.path), env, args.disk_cache)
             rows = [bench_vmkeep(here, env, prep, disk.virtual_size)]
-            prepare_vm(Path(disk.path), env)  # the same starting point for the peer
+            prepare_vm(Path(disk.path), env, args.disk_cache)  # the same start for the peer
             rows.append(bench_virtnbdbackup(here, env, prep, disk.virtual_size))
             for tool in ("restic", "borg"):
                 rows.append(bench_file_tool(tool, here, env, prep, Path(disk.path)))
@@ -326,6 +353,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps(
             {
                 "disk": disk.__dict__,
+                "disk_cache": args.disk_cache,
                 "rows": rows,
                 "rounds": rounds,
                 "ratios": ratios,
