@@ -76,7 +76,7 @@ def _env(work: Path) -> dict[str, str]:
     return env
 
 
-def prepare_vm(disk: Path, env: dict[str, str], disk_cache: str = "none") -> Path:
+def prepare_vm(disk: Path, env: dict[str, str], disk_cache: str = "default") -> Path:
     """A running lab VM whose vdb is a fresh copy of the test disk, opened by QEMU with the
     ``disk_cache`` mode ("default": libvirt's, i.e. QEMU's writeback); returns vdb's path."""
     if _exists():
@@ -311,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--disk-cache",
         choices=("none", "writeback", "default"),
-        default="none",
-        help="QEMU's cache mode for the VM's data disk (none: as Proxmox VE and OpenStack set it)",
+        default="default",
+        help="QEMU's cache mode for the VM's data disk (default: libvirt's, i.e. writeback; "
+        "none: as Proxmox VE and OpenStack set it)",
     )
     args = parser.parse_args(argv)
     console = Console()
