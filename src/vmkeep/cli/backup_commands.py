@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from vmkeep.cli.output import escape, print_json, stdout
+from vmkeep.cli.output import escape, new_table, print_json, stdout
 from vmkeep.cli.progress import TerminalProgress
 from vmkeep.cli.repo_options import (
     JsonOption,
@@ -137,7 +136,7 @@ def list_command(
     if as_json:
         print_json({"backups": manifests, "unreadable": unreadable})
         return
-    table = Table("Backup", "Created", "Kind", "VM", "Disks", "Size", "New data", "Tags")
+    table = new_table("Backup", "Created", "Kind", "VM", "Disks", "Size", "New data", "Tags")
     for manifest in manifests:
         table.add_row(
             manifest.backup_id,

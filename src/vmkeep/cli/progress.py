@@ -3,20 +3,12 @@
 from __future__ import annotations
 
 import threading
+from typing import TYPE_CHECKING
 
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+from vmkeep.cli.output import stderr, stderr_console
 
-from vmkeep.cli.output import stderr
+if TYPE_CHECKING:
+    from rich.progress import Progress, ProgressColumn, TaskID
 
 
 class TerminalProgress:
@@ -36,13 +28,23 @@ class TerminalProgress:
         self.finish()
         if self._quiet:
             return
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
+
         columns: list[ProgressColumn] = [TextColumn("{task.description}"), BarColumn()]
         if unit == "bytes":
             columns += [DownloadColumn(binary_units=True), TransferSpeedColumn()]
         else:
             columns += [MofNCompleteColumn(), TextColumn(unit)]
         columns.append(TimeRemainingColumn())
-        self._progress = Progress(*columns, console=stderr, transient=False)
+        self._progress = Progress(*columns, console=stderr_console(), transient=False)
         self._progress.start()
         self._task = self._progress.add_task(label, total=total)
 

@@ -7,9 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
-from vmkeep.cli.output import escape, jsonable, print_json, stderr, stdout
+from vmkeep.cli.output import escape, jsonable, new_grid, new_table, print_json, stderr, stdout
 from vmkeep.cli.progress import TerminalProgress
 from vmkeep.cli.repo_options import JsonOption, PasswordFileOption, S3EndpointOption
 from vmkeep.cli.state import open_repository_for, settings_for
@@ -203,7 +202,7 @@ def stats(
     if as_json:
         print_json(result)
         return
-    table = Table.grid(padding=(0, 2))
+    table = new_grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("Backups", str(result.backups))
@@ -255,7 +254,7 @@ def key_list(
     if as_json:
         print_json([{**jsonable(k), "current": k.key_id == repository.key_id} for k in keys])
         return
-    table = Table("Key", "Kind", "Created", "Host", "User", "")
+    table = new_table("Key", "Kind", "Created", "Host", "User", "")
     for key in keys:
         table.add_row(
             key.key_id,

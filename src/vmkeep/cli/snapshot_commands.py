@@ -5,13 +5,12 @@ from __future__ import annotations
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from vmkeep.cli import snapshot_upkeep_commands
-from vmkeep.cli.output import escape, print_json, stdout, warn
+from vmkeep.cli.output import escape, new_table, print_json, stdout, warn
 from vmkeep.cli.repo_options import QuiesceOption
 from vmkeep.cli.state import services_for
 from vmkeep.cli.vm_commands import JsonFlag
@@ -39,6 +38,9 @@ from vmkeep.engine.snapshots import (
     create_snapshots,
     list_snapshots,
 )
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(
     help="External snapshots of VMs: take one in a blink, revert in seconds, merge it away.",
@@ -199,7 +201,8 @@ def _vm_json(item: VmSnapshots, now: int) -> dict[str, Any]:
 
 def _table(item: VmSnapshots, now: int, tree: bool) -> Table:
     chains = ", ".join(f"{c.target}: {len(c.images)} image(s)" for c in item.chains)
-    table = Table(title=f"{escape(item.vm)} ({item.state.value}; {chains})", title_justify="left")
+    title = f"{escape(item.vm)} ({item.state.value}; {chains})"
+    table = new_table(title=title, title_justify="left")
     for column in ("Snapshot", "Created", "Kind", "Quiesced", "Overlays", "Expires", "Group"):
         table.add_column(column, justify="right" if column == "Overlays" else "left")
     entries = item.entries if tree else sorted(item.entries, key=_created_key)

@@ -7,9 +7,8 @@ import time
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
-from vmkeep.cli.output import escape, print_json, stdout, warn
+from vmkeep.cli.output import escape, new_table, print_json, stdout, warn
 from vmkeep.cli.state import services_for
 from vmkeep.cli.vm_commands import JsonFlag
 from vmkeep.domain.snapshot_policy import (
@@ -180,7 +179,7 @@ def _print_usage(report: SnapshotUsage) -> None:
     if not report.vms:
         stdout.print("no snapshots")
         return
-    vms = Table(title="Snapshots per VM", title_justify="left")
+    vms = new_table(title="Snapshots per VM", title_justify="left")
     for column in ("VM", "Snapshots", "Overlays", "Active", "Growth", "Longest chain"):
         vms.add_column(column, justify="left" if column == "VM" else "right")
     for v in report.vms:
@@ -193,7 +192,7 @@ def _print_usage(report: SnapshotUsage) -> None:
             str(v.longest_chain),
         )
     stdout.print(vms)
-    filesystems = Table(title="Per filesystem", title_justify="left")
+    filesystems = new_table(title="Per filesystem", title_justify="left")
     for column in ("Filesystem", "Free", "Overlays", "Growth", "Fills in", "VMs"):
         filesystems.add_column(
             column, justify="left" if column in ("Filesystem", "VMs") else "right"

@@ -9,10 +9,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from vmkeep.cli.backup_commands import RestoreWorkersOption, WorkersOption
-from vmkeep.cli.output import escape, print_json, stderr, stdout, warn
+from vmkeep.cli.output import escape, new_table, print_json, stderr, stdout, warn
 from vmkeep.cli.progress import TerminalProgress
 from vmkeep.cli.repo_options import (
     JsonOption,
@@ -113,7 +112,7 @@ def _render(result: VmBackupResult) -> None:
     stdout.print(
         f"[bold]{escape(result.vm)}[/]: backup {manifest.backup_id}, {escape(kind)}, {quiesced}"
     )
-    table = Table("Disk", "Mode", "Size", "Read", "New", "Stored", "Time", show_edge=False)
+    table = new_table("Disk", "Mode", "Size", "Read", "New", "Stored", "Time", show_edge=False)
     for disk in manifest.disks:
         table.add_row(
             disk.name,

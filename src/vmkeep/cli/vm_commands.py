@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.table import Table
 
-from vmkeep.cli.output import escape, print_json, stdout
+from vmkeep.cli.output import escape, new_grid, new_table, print_json, stdout
 from vmkeep.cli.state import services_for
 from vmkeep.domain.inventory import AgentStatus, DiskInfo, VmInfo
 from vmkeep.domain.units import format_size
+
+if TYPE_CHECKING:
+    from rich.table import Table
 
 app = typer.Typer(help="Inspect the VMs libvirt knows, whoever created them.", no_args_is_help=True)
 
@@ -26,7 +28,7 @@ def list_vms(ctx: typer.Context, as_json: JsonFlag = False) -> None:
     if as_json:
         print_json(vms)
         return
-    table = Table(title=None, show_edge=False)
+    table = new_table(title=None, show_edge=False)
     for column in (
         "Name",
         "State",
@@ -78,7 +80,7 @@ def show_vm(
 
 def render_vm(vm: VmInfo) -> None:
     """The human view of one VM, shared by ``vm show`` and ``lab create``."""
-    summary = Table.grid(padding=(0, 2))
+    summary = new_grid(padding=(0, 2))
     summary.add_column(style="bold")
     summary.add_column()
     summary.add_row("Name", escape(vm.name))
@@ -93,7 +95,7 @@ def render_vm(vm: VmInfo) -> None:
     stdout.print(summary)
     stdout.print(_disk_table(vm.disks))
     if vm.checkpoints:
-        checkpoints = Table("Checkpoint", "Created", "Parent", "Disks", title="Checkpoints")
+        checkpoints = new_table("Checkpoint", "Created", "Parent", "Disks", title="Checkpoints")
         for cp in vm.checkpoints:
             checkpoints.add_row(
                 escape(cp.name), _time(cp.created), escape(cp.parent or "-"), ", ".join(cp.disks)
@@ -102,7 +104,7 @@ def render_vm(vm: VmInfo) -> None:
     else:
         stdout.print("Checkpoints: none")
     if vm.snapshots:
-        snapshots = Table(
+        snapshots = new_table(
             "Snapshot", "Created", "Parent", "State", "Kind", "Current", title="Snapshots"
         )
         for snap in vm.snapshots:
@@ -123,7 +125,7 @@ def render_vm(vm: VmInfo) -> None:
 
 
 def _disk_table(disks: tuple[DiskInfo, ...]) -> Table:
-    table = Table(title="Disks")
+    table = new_table(title="Disks")
     for column in ("Target", "Device", "Type"):
         table.add_column(column, no_wrap=True)
     table.add_column("Source", overflow="fold")
