@@ -336,13 +336,16 @@ class MemoryWriter:
         self.data = bytearray(size)
         self.written: list[int] = []
         self.reserved: list[tuple[int, int]] = []
+        self.events: list[str] = []  # "reserve" and "write", in order
 
     def pwrite(self, offset: int, data: bytes) -> None:
         self.data[offset : offset + len(data)] = data
         self.written.append(offset)
+        self.events.append("write")
 
     def reserve(self, offset: int, length: int) -> None:
         self.reserved.append((offset, length))
+        self.events.append("reserve")
 
 
 class FakeImageIO:
@@ -353,6 +356,7 @@ class FakeImageIO:
         self.images: dict[Path, MemoryImage] = {}
         self.outputs: dict[Path, bytes] = {}
         self.reserved: dict[Path, list[tuple[int, int]]] = {}
+        self.events: dict[Path, list[str]] = {}
 
     @contextlib.contextmanager
     def open_reader(
@@ -383,6 +387,7 @@ class FakeImageIO:
         yield writer
         self.outputs[path] = bytes(writer.data)
         self.reserved[path] = writer.reserved
+        self.events[path] = writer.events
 
 
 class MemoryLocks:

@@ -344,9 +344,10 @@ class BlockWriter(Protocol):
         ...
 
     def reserve(self, offset: int, length: int) -> None:
-        """Set space aside for data about to be written at ``[offset, offset + length)``.
-        Raises StoreFullError when it does not fit; a no-op where the image cannot reserve.
-        Space reserved and not written is given back when the image is complete."""
+        """Set space aside for data about to be written at ``[offset, offset + length)``,
+        where the image can and the filesystem has room (best effort: lack of room is for the
+        writes to report). Space reserved and not written is given back when the image is
+        complete."""
         ...
 
 

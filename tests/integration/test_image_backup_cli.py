@@ -333,9 +333,8 @@ def test_full_disk_fails_cleanly_and_the_repository_stays_consistent(
 def test_a_restore_that_does_not_fit_fails_cleanly_and_leaves_nothing(
     env: dict[str, str], tmp_path: Path, small_disk: Path
 ) -> None:
-    """On a 6 MiB filesystem a 16 MiB image fails with "no space left" (from reserving its
-    space, before the chunks are written; unit-tested in test_raw_image.py), and no partial
-    file stays."""
+    """On a 6 MiB filesystem a 16 MiB image of random data fails with "no space left", and no
+    partial file stays (the reservation is given back, then the writes find the disk full)."""
     image = make_image(tmp_path / "noise.raw", "16M", "raw")
     subprocess.run(
         ["dd", "if=/dev/urandom", f"of={image}", "bs=1M", "count=16", "conv=notrunc"],
@@ -358,6 +357,34 @@ def test_a_restore_that_does_not_fit_fails_cleanly_and_leaves_nothing(
         assert done.returncode == 11, done.stderr
         assert "no space left" in done.stderr
         assert not list(small_disk.iterdir())
+
+
+def test_a_restore_that_fits_only_without_its_zero_blocks_still_works(
+    env: dict[str, str], tmp_path: Path, small_disk: Path
+) -> None:
+    """Restores reserve whole data chunks first, zero blocks inside them too: 16 chunks with
+    64 KiB of data each reserve 16 MiB on a 6 MiB filesystem. The reservation is given back
+    and the 1 MiB of data is written as without it."""
+    image = make_image(tmp_path / "sparse.raw", "16M", "raw")
+    with image.open("r+b") as file:
+        for number in range(16):
+            file.seek(number << 20)
+            file.write(os.urandom(64 << 10))
+    backup = json.loads(run_vmkeep(env, "backup-image", str(image), "--json").stdout)
+    for image_format in ("raw", "qcow2"):
+        target = small_disk / f"restored.{image_format}"
+        run_vmkeep(
+            env,
+            "restore-image",
+            backup["backup_id"],
+            "--to",
+            str(target),
+            "--format",
+            image_format,
+        )
+        compare = ["qemu-img", "compare", "-q", "-f", "raw", "-F", image_format]
+        subprocess.run([*compare, str(image), str(target)], check=True)
+        target.unlink()
 
 
 def test_kill_9_leaves_no_backup_and_the_next_run_works(

@@ -110,6 +110,7 @@ def test_restore_reserves_the_space_of_each_run_of_data_chunks_first(
     restore_image(session, ImageRestoreRequest(manifest.backup_id, Path("/o")))
     assert images(session).outputs[Path("/o")] == content
     assert images(session).reserved[Path("/o")] == [(0, 2 * CHUNK), (5 * CHUNK, CHUNK + 1234)]
+    assert images(session).events[Path("/o")] == ["reserve"] * 2 + ["write"] * 4  # first
 
 
 def test_failed_read_leaves_no_backup_and_no_lock(session: RepoSession) -> None:

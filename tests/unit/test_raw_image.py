@@ -96,20 +96,35 @@ def test_reserved_space_is_allocated_before_the_writes_and_given_back_where_unus
     assert content.count(0) == len(content) - len(data) + data.count(0)
 
 
-def test_reserving_more_than_the_filesystem_holds_fails_before_writing(
+def test_without_room_for_the_reservations_they_are_given_back_and_writes_allocate(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from vmkeep.domain.errors import StoreFullError
+    """Reservations cover whole chunks, zero blocks too: they may ask for more than the
+    image will hold. When the filesystem says no, what was reserved is punched out again,
+    nothing more is reserved, and the restore goes on as without reservations."""
     from vmkeep.drivers import file_space
 
-    def full(_fd: int, _offset: int, _length: int) -> bool:
-        raise OSError(errno.ENOSPC, "No space left on device")
+    calls: list[tuple[int, int]] = []
+    real_reserve = file_space.reserve
 
-    monkeypatch.setattr(file_space, "reserve", full)
+    def second_one_full(fd: int, offset: int, length: int) -> bool:
+        calls.append((offset, length))
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_reserve(fd, offset, length)
+
+    monkeypatch.setattr(file_space, "reserve", second_one_full)
     target = tmp_path / "disk.raw"
-    with pytest.raises(StoreFullError), sparse_file_writer(target, 4 << 20) as writer:
-        writer.reserve(0, 4 << 20)
-    assert not target.exists()
+    with sparse_file_writer(target, 4 << 20) as writer:
+        writer.reserve(0, 1 << 20)
+        writer.reserve(2 << 20, 1 << 20)  # the filesystem is "full"
+        assert target.stat().st_blocks == 0  # the first reservation was given back
+        writer.reserve(3 << 20, 1 << 20)  # not tried any more
+        data = os.urandom(64 * KiB)
+        writer.pwrite(2 << 20, data)
+    assert calls == [(0, 1 << 20), (2 << 20, 1 << 20)]
+    assert target.read_bytes()[2 << 20 : (2 << 20) + len(data)] == data
+    assert target.stat().st_blocks * 512 <= 64 * KiB + 4 * KiB
 
 
 def test_without_reservations_writes_still_land(

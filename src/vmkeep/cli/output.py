@@ -7,6 +7,7 @@ import enum
 import json
 import logging
 import sys
+import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,18 +23,20 @@ class _LazyConsole:
     def __init__(self, *, to_stderr: bool) -> None:
         self._to_stderr = to_stderr
         self._console: Console | None = None
+        self._lock = threading.Lock()  # a worker's first log line and the progress bar
 
     def get(self) -> Console:
-        if self._console is None:
-            from rich.console import Console
+        with self._lock:
+            if self._console is None:
+                from rich.console import Console
 
-            console = Console(stderr=self._to_stderr, highlight=False, soft_wrap=False)
-            if not console.is_terminal:
-                # Piped output is read by people with wide terminals or by grep: do not
-                # squeeze tables into 80 columns and cut paths.
-                console.width = 200
-            self._console = console
-        return self._console
+                console = Console(stderr=self._to_stderr, highlight=False, soft_wrap=False)
+                if not console.is_terminal:
+                    # Piped output is read by people with wide terminals or by grep: do not
+                    # squeeze tables into 80 columns and cut paths.
+                    console.width = 200
+                self._console = console
+            return self._console
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.get(), name)

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
-from vmkeep.domain.errors import ToolError
+from vmkeep.domain.errors import StoreFullError, ToolError
 from vmkeep.drivers.image_file import ImageFile, open_image_file
 from vmkeep.drivers.image_map import MappedRange
 
@@ -71,17 +71,29 @@ class SparseFileWriter:
 
     def reserve(self, offset: int, length: int) -> None:
         """Allocate the file space for data about to be written at ``[offset, offset +
-        length)`` of the disk: a restore that does not fit fails here (StoreFullError) before
-        it writes, and on ext4 the O_DIRECT writes then run side by side. (Writes into
-        blocks not yet allocated take the inode's lock exclusively; into reserved ones they
-        share it: restores of the benchmark disk took 15 % less time with 8 writers.) Blocks
-        reserved and never written are given back by ``release_unused``."""
+        length)`` of the disk, where the filesystem can and has the room. On ext4 the
+        O_DIRECT writes then run side by side: writes into blocks not yet allocated take the
+        inode's lock exclusively, into reserved ones they share it (restores of the benchmark
+        disk took 15 % less time with 8 writers). Reservations cover whole chunks, zero
+        blocks inside them too, so they can ask for more than the image will finally hold:
+        when the filesystem has no room for them (ENOSPC, EDQUOT), what was reserved is given
+        back and the writes allocate as they go, as without reservations. Blocks reserved and
+        never written are given back by ``release_unused``."""
         if not self._can_reserve or length <= 0:
             return
-        for host, _position, piece in self._host_pieces(offset, length):
-            if not self._file.reserve(host, piece):
-                self._can_reserve = False  # this filesystem cannot: writes allocate
-                return
+        try:
+            for host, _position, piece in self._host_pieces(offset, length):
+                if not self._file.reserve(host, piece):
+                    self._can_reserve = False  # this filesystem cannot: writes allocate
+                    return
+        except StoreFullError:
+            self._can_reserve = False
+            self._mark_reserved(offset, length)  # whatever part of it was allocated
+            self.release_unused()
+            return
+        self._mark_reserved(offset, length)
+
+    def _mark_reserved(self, offset: int, length: int) -> None:
         first, last = offset // HOLE_GRANULARITY, (offset + length - 1) // HOLE_GRANULARITY
         span = self._blocks[first : last + 1]
         self._blocks[first : last + 1] = span.replace(_UNTOUCHED, _RESERVED)
@@ -92,6 +104,7 @@ class SparseFileWriter:
         for offset, length in self._runs(_RESERVED_ONLY):
             for host, _position, piece in self._host_pieces(offset, length):
                 self._file.release(host, piece)
+        self._blocks = self._blocks.replace(_RESERVED, _UNTOUCHED)
 
     def _zero_block_at(self, data: bytes, start: int) -> bool:
         # bytes.startswith is a memcmp in place: comparing memoryview slices goes element by

@@ -160,7 +160,8 @@ def restore_disk(
     workers: int,
 ) -> None:
     """Write every non-zero chunk of ``index`` to ``writer``; zero chunks stay holes. The
-    space for them is reserved first, so a restore that does not fit fails before it writes.
+    space for them is reserved first (``BlockWriter.reserve``), which makes direct writes
+    faster.
 
     Each chunk is authenticated and re-hashed before it is written, so a corrupt repository
     raises IntegrityError rather than producing wrong bytes (the writer then discards the
