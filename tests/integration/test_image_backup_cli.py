@@ -341,19 +341,10 @@ def test_a_restore_that_does_not_fit_fails_cleanly_and_leaves_nothing(
         check=True,
         capture_output=True,
     )
-    backup = json.loads(run_vmkeep(env, "backup-image", str(image), "--json").stdout)
+    backup_id = str(backup(env, image)["backup_id"])
     for image_format in ("raw", "qcow2"):
         target = small_disk / f"restored.{image_format}"
-        done = run_vmkeep(
-            env,
-            "restore-image",
-            backup["backup_id"],
-            "--to",
-            str(target),
-            "--format",
-            image_format,
-            check=False,
-        )
+        done = restore(env, backup_id, target, "--format", image_format, check=False)
         assert done.returncode == 11, done.stderr
         assert "no space left" in done.stderr
         assert not list(small_disk.iterdir())
@@ -370,20 +361,11 @@ def test_a_restore_that_fits_only_without_its_zero_blocks_still_works(
         for number in range(16):
             file.seek(number << 20)
             file.write(os.urandom(64 << 10))
-    backup = json.loads(run_vmkeep(env, "backup-image", str(image), "--json").stdout)
+    backup_id = str(backup(env, image)["backup_id"])
     for image_format in ("raw", "qcow2"):
         target = small_disk / f"restored.{image_format}"
-        run_vmkeep(
-            env,
-            "restore-image",
-            backup["backup_id"],
-            "--to",
-            str(target),
-            "--format",
-            image_format,
-        )
-        compare = ["qemu-img", "compare", "-q", "-f", "raw", "-F", image_format]
-        subprocess.run([*compare, str(image), str(target)], check=True)
+        restore(env, backup_id, target, "--format", image_format)
+        compare(image, target)
         target.unlink()
 
 
