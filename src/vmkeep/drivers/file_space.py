@@ -19,11 +19,11 @@ FALLOC_FL_PUNCH_HOLE = 0x02
 _UNSUPPORTED = (errno.EOPNOTSUPP, errno.ENOSYS, errno.ENOTTY)
 
 
-def _load() -> Any | None:
+def _load(libc: Any = None) -> Any | None:
     """libc's fallocate with a 64-bit offset: ``fallocate64`` on glibc (also on 32-bit
     systems), plain ``fallocate`` where off_t is always 64 bits (musl 1.2.4 dropped the
     ``*64`` names); None if neither exists (nothing is then reserved)."""
-    libc = ctypes.CDLL(None, use_errno=True)
+    libc = libc if libc is not None else ctypes.CDLL(None, use_errno=True)
     for name in ("fallocate64", "fallocate"):
         function = getattr(libc, name, None)
         if function is not None:
