@@ -321,8 +321,8 @@ class BlockReader(Protocol):
         """Extents covering the disk in order, telling which ranges read as zeros."""
         ...
 
-    def pread(self, offset: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at ``offset``."""
+    def pread(self, offset: int, length: int) -> bytes | bytearray:
+        """Exactly ``length`` bytes at ``offset`` (a bytearray where that saves a copy)."""
         ...
 
 

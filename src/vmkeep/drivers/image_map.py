@@ -142,7 +142,7 @@ class MappedFileReader:
     def dirty_ranges(self) -> list[Extent] | None:
         return self._fallback.dirty_ranges()
 
-    def pread(self, offset: int, length: int) -> bytes:
+    def pread(self, offset: int, length: int) -> bytes | bytearray:
         pieces = self._pieces(offset, length)
         if len(pieces) == 1 and pieces[0].host_offset is not None:
             return self._file.read(pieces[0].host_offset, length)
@@ -153,7 +153,7 @@ class MappedFileReader:
                 buffer[at:end] = self._file.read(piece.host_offset, piece.length)
             elif not piece.zero:
                 buffer[at:end] = self._fallback.pread(piece.start, piece.length)
-        return bytes(buffer)
+        return buffer
 
     def _pieces(self, offset: int, length: int) -> list[MappedRange]:
         """The parts of the map the request overlaps, cut to it; a request past the map's

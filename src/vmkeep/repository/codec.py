@@ -125,7 +125,7 @@ class Codec:
 
     # -- ids ---------------------------------------------------------------------------------
 
-    def chunk_id(self, data: bytes) -> str:
+    def chunk_id(self, data: bytes | bytearray) -> str:
         """The content address of ``data``: keyed BLAKE3, 64 hex digits."""
         return blake3.blake3(data, key=self._keys.chunk_id).hexdigest()
 
@@ -168,7 +168,7 @@ class Codec:
             ]
         )
 
-    def seal(self, kind: ObjectType, object_id: str, plaintext: bytes) -> bytes:
+    def seal(self, kind: ObjectType, object_id: str, plaintext: bytes | bytearray) -> bytes:
         """Compress (when it helps) and encrypt ``plaintext`` for storage as ``object_id``."""
         compressed = self._compressor().compress(plaintext)
         flags = 0

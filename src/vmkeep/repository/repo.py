@@ -116,10 +116,10 @@ class Repository:
 
     # -- chunks ------------------------------------------------------------------------------
 
-    def chunk_id(self, data: bytes) -> str:
+    def chunk_id(self, data: bytes | bytearray) -> str:
         return self.codec.chunk_id(data)
 
-    def store_chunk(self, chunk_id: str, data: bytes) -> int:
+    def store_chunk(self, chunk_id: str, data: bytes | bytearray) -> int:
         """Seal and store ``data`` as ``chunk_id``; returns the bytes written, 0 if the chunk
         was there already."""
         blob = self.codec.seal(ObjectType.CHUNK, chunk_id, data)
