@@ -2,16 +2,15 @@
 
 Shared by image backups and (later) VM backups: the caller decides which chunks need reading;
 this module reads, hashes, deduplicates, seals and stores them with a pool of threads, keeping
-at most ``2 x workers`` chunks in memory. hashing (blake3), compression (zstd) and encryption
+at most ``workers`` chunks in memory. hashing (blake3), compression (zstd) and encryption
 (AES-GCM) release the GIL, so threads use every core.
 """
 
 from __future__ import annotations
 
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from vmkeep.domain.errors import IntegrityError
@@ -41,30 +40,58 @@ class _ChunkResult:
     stored: int
 
 
-def _bounded_map(
+def _for_each_chunk(
     work: Callable[[int], _ChunkResult],
     numbers: Sequence[int],
     workers: int,
     on_result: Callable[[int, _ChunkResult], None],
 ) -> None:
-    """Run ``work`` over ``numbers`` on ``workers`` threads with a bounded queue, delivering
-    results in order. The first exception cancels what is queued and propagates."""
-    window = max(2, workers * 2)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk") as pool:
-        pending: deque[tuple[int, Future[_ChunkResult]]] = deque()
-        try:
-            for number in numbers:
-                pending.append((number, pool.submit(work, number)))
-                if len(pending) >= window:
-                    done_number, future = pending.popleft()
-                    on_result(done_number, future.result())
-            while pending:
-                done_number, future = pending.popleft()
-                on_result(done_number, future.result())
-        except BaseException:
-            for _, future in pending:
-                future.cancel()
-            raise
+    """Run ``work`` over ``numbers`` (taken in order) on ``workers`` threads, each holding
+    one chunk at a time; ``on_result`` is called under a lock, in completion order.
+
+    The first exception, in a worker or in the calling thread (Ctrl-C), stops the workers
+    from taking more chunks; it propagates once every worker has finished the chunk it is
+    on, so nothing touches the reader or the repository after this returns.
+
+    Hand-made rather than a ThreadPoolExecutor: a future, a work item and two condition
+    variables per chunk took about a seventh of the time the GIL was held in a full backup.
+    """
+    pending = iter(numbers)
+    lock = threading.Lock()
+    failures: list[BaseException] = []
+
+    def run() -> None:
+        while True:
+            with lock:
+                number = None if failures else next(pending, None)
+            if number is None:
+                return
+            try:
+                result = work(number)
+                with lock:
+                    on_result(number, result)
+            except BaseException as exc:  # re-raised by the calling thread
+                with lock:
+                    failures.append(exc)
+                return
+
+    threads = [
+        threading.Thread(target=run, name=f"chunk-{i}", daemon=True)
+        for i in range(max(1, min(workers, len(numbers))))
+    ]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            thread.join()
+    except BaseException as exc:
+        with lock:
+            failures.append(exc)
+        for thread in threads:
+            thread.join()
+        raise
+    if failures:
+        raise failures[0]
 
 
 class BytesReader:
@@ -136,7 +163,7 @@ def store_disk(
     skipped = [n for n in range(count) if not to_read[n]]
     progress.advance(sum(length_of(n) for n in skipped))
     try:
-        _bounded_map(work, [n for n in range(count) if to_read[n]], workers, on_result)
+        _for_each_chunk(work, [n for n in range(count) if to_read[n]], workers, on_result)
     finally:
         progress.finish()
     index = DiskIndex(disk_size=size, chunk_size=chunk_size, chunk_ids=tuple(ids))
@@ -183,7 +210,7 @@ def restore_disk(
         return _ChunkResult(chunk_id, len(data), 0, 0)
 
     try:
-        _bounded_map(work, numbers, workers, lambda _n, r: progress.advance(r.read))
+        _for_each_chunk(work, numbers, workers, lambda _n, r: progress.advance(r.read))
     finally:
         progress.finish()
 
