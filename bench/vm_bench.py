@@ -44,6 +44,7 @@ from rich.console import Console
 from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from export_floor import measure_floor
 from make_disk import build_disk
 from repository_bench import (
     PASSWORD,
@@ -209,6 +210,30 @@ def bench_file_tool(
     return _row(name, backup, None, restore, du_bytes(repo)[0])
 
 
+def bench_floor(prep: Preparation) -> list[dict[str, Any]]:
+    """Two rows: reading vdb's backup export alone, and reading it with zstd-3 compression
+    (bench/export_floor.py), each after the same preparation as the tools' commands."""
+    rows = []
+    for compress, name in ((False, "floor: export read"), (True, "floor: read + zstd-3")):
+        prep()
+        floor = measure_floor(VM, "vdb", compress=compress)
+        rows.append(
+            {
+                "name": name,
+                "full_s": floor.seconds,
+                "inc_s": None,
+                "restore_s": None,
+                "stored_mib": None,
+                "peak_rss_mib": None,
+                "inc_read_mib": None,
+                "background": 0.0,
+                "own_cpu_s": floor.own_cpu_s,
+                "qemu_cpu_s": floor.qemu_cpu_s,
+            }
+        )
+    return rows
+
+
 def _row(
     name: str,
     full: Measurement,
@@ -230,6 +255,7 @@ def _row(
 
 
 _MEDIAN_KEYS = ("full_s", "inc_s", "restore_s", "stored_mib", "peak_rss_mib", "inc_read_mib")
+_FLOOR_KEYS = ("own_cpu_s", "qemu_cpu_s")
 
 
 def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
@@ -238,7 +264,9 @@ def median_rows(rounds: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
     for position, first in enumerate(rounds[0]):
         runs = [round_rows[position] for round_rows in rounds]
         row = dict(first)
-        for key in _MEDIAN_KEYS:
+        for key in _MEDIAN_KEYS + _FLOOR_KEYS:
+            if key not in first:
+                continue
             values = [r[key] for r in runs if r[key] is not None]
             row[key] = round(statistics.median(values), 2) if values else None
         row["background"] = max(r["background"] for r in runs)
@@ -280,14 +308,26 @@ def report(rows: list[dict[str, Any]], console: Console, rounds: int = 1) -> dic
                 )
             ),
         )
+    floors = [r for r in rows if r["name"].startswith("floor")]
+    if floors:
+        table.caption = (
+            "floor rows: the reading of vdb's backup export alone (bench/export_floor.py; no "
+            "job start or end, no sync), CPU s own / QEMU: "
+            + ", ".join(f"{r['name'][7:]} {r['own_cpu_s']} / {r['qemu_cpu_s']}" for r in floors)
+        )
     console.print(table)
     by = {r["name"]: r for r in rows}
     vk, vnb, restic = by.get("vmkeep", {}), by.get("virtnbdbackup", {}), by.get("restic", {})
+    floor = by.get("floor: read + zstd-3", {})
     ratios = {
         "full vs virtnbdbackup (target <= 0.6x)": _ratio(vk.get("full_s"), vnb.get("full_s")),
         "incremental vs virtnbdbackup (target <= 0.5x)": _ratio(vk.get("inc_s"), vnb.get("inc_s")),
         "restore vs restic (target <= 0.5x)": _ratio(vk.get("restore_s"), restic.get("restore_s")),
         "stored vs restic (target <= 1x)": _ratio(vk.get("stored_mib"), restic.get("stored_mib")),
+        "floor (export read + zstd-3) vs virtnbdbackup full": _ratio(
+            floor.get("full_s"), vnb.get("full_s")
+        ),
+        "vmkeep full vs floor": _ratio(vk.get("full_s"), floor.get("full_s")),
     }
     ratio_table = Table("ratio", "value", title="vmkeep / peer")
     for key, value in ratios.items():
@@ -337,10 +377,11 @@ def main(argv: list[str] | None = None) -> int:
             prepare_vm(Path(disk.path), env, args.disk_cache)
             rows = [bench_vmkeep(here, env, prep, disk.virtual_size)]
             prepare_vm(Path(disk.path), env, args.disk_cache)  # the same start for the peer
+            floors = bench_floor(prep)
             rows.append(bench_virtnbdbackup(here, env, prep, disk.virtual_size))
             for tool in ("restic", "borg"):
                 rows.append(bench_file_tool(tool, here, env, prep, Path(disk.path)))
-            rounds.append(rows)
+            rounds.append(rows + floors)
             shutil.rmtree(here, ignore_errors=True)
     finally:
         subprocess.run([str(VMKEEP), "lab", "destroy", VM], env=env, capture_output=True)
