@@ -8,7 +8,7 @@ and per-thread arenas trim eagerly. The result, measured on an 8 GiB restore, wa
 kernel zeroed and faulted in every page of every buffer: about 5 of 9 system CPU seconds.
 Raising both thresholds once lets the worker threads reuse their heap memory instead, which
 roughly halved the system time of backups and restores. Memory stays bounded: the transfer
-pipeline keeps at most ``2 x workers`` chunks alive, and what the heap retains is reused.
+pipeline keeps one chunk per worker alive, and what the heap retains is reused.
 
 There is no library for this: it is two ``mallopt(3)`` calls, made through ctypes because
 Python does not expose them. On a C library other than glibc it does nothing.
