@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from vmkeep.backends.memory import MemoryStore
@@ -18,6 +20,7 @@ from vmkeep.domain.errors import (
 from vmkeep.repository import keys as keyfiles
 from vmkeep.repository.codec import MasterKeys
 from vmkeep.repository.indexes import ZERO_CHUNK, DiskIndex
+from vmkeep.repository.manifests import new_backup_id, validate_backup_id
 from vmkeep.repository.repo import (
     Identity,
     InitOptions,
@@ -256,3 +259,26 @@ def test_random_secret_format() -> None:
 def test_index_data_bytes_counts_non_zero_chunks_and_the_short_last_one() -> None:
     index = DiskIndex(disk_size=2500, chunk_size=1000, chunk_ids=("a" * 64, ZERO_CHUNK, "b" * 64))
     assert index.data_bytes() == 1000 + 500
+
+
+def test_backup_ids_sort_in_the_order_backups_were_made_within_one_second() -> None:
+    second = datetime(2026, 12, 2, 3, 9, 32, tzinfo=UTC)
+    earlier = new_backup_id(second.replace(microsecond=120_000), "ffffffff")
+    later = new_backup_id(second.replace(microsecond=870_000), "00000000")
+    assert earlier == "20261202T030932120Z-ffffffff"
+    assert sorted([later, earlier]) == [earlier, later]  # not by the random part
+    next_second = new_backup_id(second.replace(second=33), "00000000")
+    assert sorted([next_second, later]) == [later, next_second]
+
+
+@pytest.mark.parametrize("text", ["20261123T163500Z-1a2b3c4d", "20261123T163500123Z-1a2b3c4d"])
+def test_backup_ids_with_and_without_milliseconds_are_valid(text: str) -> None:
+    assert validate_backup_id(text) == text
+
+
+@pytest.mark.parametrize(
+    "text", ["20261123T1635001Z-1a2b3c4d", "20261123T163500Z-1A2B3C4D", "../x", ""]
+)
+def test_malformed_backup_ids_are_refused(text: str) -> None:
+    with pytest.raises(UsageError):
+        validate_backup_id(text)

@@ -10,17 +10,21 @@ from datetime import datetime
 from vmkeep.domain.backup import BackupId, BackupManifest, DiskBackup
 from vmkeep.domain.errors import IntegrityError, UsageError
 
-_ID_RE = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+# Ids made before milliseconds were added (``20261123T163500Z-1a2b3c4d``) stay valid.
+_ID_RE = re.compile(r"^\d{8}T\d{6}(\d{3})?Z-[0-9a-f]{8}$")
 
 
 def new_backup_id(now: datetime, random_hex: str) -> BackupId:
-    """``20261123T163500Z-1a2b3c4d``: time-sortable, unique across hosts by the random part."""
-    return f"{now.strftime('%Y%m%dT%H%M%SZ')}-{random_hex}"
+    """``20261123T163500123Z-1a2b3c4d``: UTC to the millisecond, so that ids sort in the order
+    the backups were made (with whole seconds, two backups of a VM in one second sorted by
+    their random part, and "the latest" could be the older one); the random part keeps ids
+    made at once on several hosts, or for the VMs of one group, apart."""
+    return f"{now.strftime('%Y%m%dT%H%M%S')}{now.microsecond // 1000:03d}Z-{random_hex}"
 
 
 def validate_backup_id(text: str) -> BackupId:
     if not _ID_RE.match(text):
-        raise UsageError(f"{text!r} is not a backup id (like 20261123T163500Z-1a2b3c4d)")
+        raise UsageError(f"{text!r} is not a backup id (like 20261123T163500123Z-1a2b3c4d)")
     return text
 
 
