@@ -34,11 +34,12 @@ from vmkeep.engine.image_backup import (
 from vmkeep.services.repository import RepoAccess, repo_session, restore_workers
 
 WorkersOption = Annotated[
-    int | None, typer.Option(help="Parallel chunk workers (default: twice the CPU count).")
+    int | None,
+    typer.Option(help="Parallel chunk workers (default: twice the usable CPUs, at least 4)."),
 ]
 RestoreWorkersOption = Annotated[
     int | None,
-    typer.Option(help="Parallel chunk workers (default: four times the CPU count, at least 8)."),
+    typer.Option(help="Parallel chunk workers (default: four times the usable CPUs, at least 8)."),
 ]
 
 
