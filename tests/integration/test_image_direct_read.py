@@ -171,3 +171,27 @@ def test_qcow2_restores_are_preallocated_only_when_enough_of_the_disk_holds_data
     # A preallocated image's file spans the virtual size (sparse); one written through
     # qemu-nbd ends after its last cluster.
     assert (target.stat().st_size >= 256 * MiB) == preallocated
+
+
+def test_holes_read_through_nbd_are_zeros_in_reused_buffers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NBD reads skip libnbd's zeroing of the buffer (nbd_client.py); qemu-nbd answers holes
+    as hole replies, which libnbd must then fill with zeros itself. Reading data and holes in
+    turn makes the allocator hand each hole read a buffer that just held data."""
+    import vmkeep.drivers.image_map as image_map
+
+    image = tmp_path / "striped.raw"
+    with image.open("wb") as handle:
+        for mib in range(0, 16, 2):  # data in even MiBs, holes in odd ones
+            handle.seek(mib * MiB)
+            handle.write(bytes([0x40 + mib]) * MiB)
+        handle.truncate(16 * MiB)
+    monkeypatch.setattr(image_map, "MAX_MAP_ENTRIES", 1)  # everything through qemu-nbd
+    with QemuImageIO().open_reader(image, image_format="raw") as reader:
+        assert not isinstance(reader, MappedFileReader)
+        for _ in range(20):
+            for mib in range(16):
+                data = reader.pread(mib * MiB, MiB)
+                expected = bytes([0x40 + mib]) * MiB if mib % 2 == 0 else bytes(MiB)
+                assert data == expected, f"MiB {mib}"
