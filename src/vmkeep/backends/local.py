@@ -17,15 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 from vmkeep.domain.errors import ObjectNotFoundError, StoreError, StoreFullError
 from vmkeep.domain.objects import ObjectInfo, validate_object_name
+from vmkeep.domain.tokens import random_hex
 
 TMP_DIR = "tmp"
 
@@ -41,6 +40,10 @@ class LocalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # Plain strings on the per-chunk path: building pathlib objects for every chunk took
+        # a good part of the time a backup's workers held the GIL.
+        self._root = str(root)
+        self._tmp = f"{self._root}/{TMP_DIR}"
 
     @classmethod
     def create(cls, root: Path) -> LocalStore:
@@ -57,18 +60,19 @@ class LocalStore:
         return str(self.root)
 
     def _path(self, name: str) -> Path:
+        return Path(self._file(name))
+
+    def _file(self, name: str) -> str:
         validate_object_name(name)
         if name == TMP_DIR or name.startswith(TMP_DIR + "/"):
             raise StoreError(f"{name!r}: names under {TMP_DIR}/ are reserved")
-        return self.root / name
+        return f"{self._root}/{name}"
 
     def put(self, name: str, data: bytes) -> bool:
-        final = self._path(name)
-        tmp_dir = self.root / TMP_DIR
-        temp = tmp_dir / f"{secrets.token_hex(8)}.tmp"
+        final = self._file(name)
+        temp = f"{self._tmp}/{random_hex(8)}.tmp"
         try:
-            tmp_dir.mkdir(exist_ok=True, mode=0o700)
-            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = _create_exclusive(temp)
             try:
                 view = memoryview(data)
                 while view:
@@ -77,9 +81,8 @@ class LocalStore:
                 _write_out_soon(fd)
             finally:
                 os.close(fd)
-            final.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             try:
-                os.link(temp, final)
+                _link_creating_parents(temp, final)
             except FileExistsError:
                 return False
             return True
@@ -87,12 +90,13 @@ class LocalStore:
             raise _os_error(exc, f"writing {name} to {self.root}") from exc
         finally:
             with contextlib.suppress(OSError):
-                temp.unlink()
+                os.unlink(temp)  # noqa: PTH108 - strings on the per-chunk path, see __init__
 
     def get(self, name: str) -> bytes:
-        path = self._path(name)
+        path = self._file(name)
         try:
-            return path.read_bytes()
+            with open(path, "rb") as file:  # noqa: PTH123 - see __init__
+                return file.read()
         except FileNotFoundError:
             raise ObjectNotFoundError(f"{name} not found in {self.root}") from None
         except OSError as exc:
@@ -140,6 +144,27 @@ class LocalStore:
         return removed
 
 
+def _create_exclusive(path: str) -> int:
+    """Create ``path`` (mode 0600) for writing; makes its directory (0700) only when it is
+    missing, which is once per repository rather than once per object."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    try:
+        return os.open(path, flags, 0o600)
+    except FileNotFoundError:
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return os.open(path, flags, 0o600)
+
+
+def _link_creating_parents(source: str, target: str) -> None:
+    """Hard-link ``source`` as ``target``, making target's directories (0700) only when the
+    first link into them fails. Raises FileExistsError if ``target`` exists."""
+    try:
+        os.link(source, target)
+    except FileNotFoundError:
+        Path(target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.link(source, target)
+
+
 def _write_out_soon(fd: int) -> None:
     """Start writing the file's pages to disk now, and let the kernel drop them once written.
 
@@ -169,7 +194,8 @@ def _syncfs(directory: Path) -> None:
 
 def _load_libc() -> ctypes.CDLL | None:
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+        # The process's own symbols include libc's; find_library("c") would run ldconfig.
+        return ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
 

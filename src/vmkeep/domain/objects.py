@@ -24,6 +24,8 @@ def validate_object_name(name: str) -> str:
     Safe names are ``/``-separated segments of ``[A-Za-z0-9._-]``, with no empty, ``.`` or
     ``..`` segment, so no backend can be tricked into writing outside its root.
     """
-    if not _NAME_RE.match(name) or any(part in (".", "..") for part in name.split("/")):
+    if not _NAME_RE.match(name) or (
+        "." in name and any(part in (".", "..") for part in name.split("/"))
+    ):
         raise UsageError(f"invalid object name {name!r}")
     return name
