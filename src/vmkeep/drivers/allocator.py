@@ -17,7 +17,6 @@ Python does not expose them. On a C library other than glibc it does nothing.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 
 _log = logging.getLogger(__name__)
@@ -42,12 +41,10 @@ def tune_for_large_buffers() -> bool:
     global _tuned
     if _tuned:
         return True
-    name = ctypes.util.find_library("c")
-    if name is None:
-        return False
     try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
+        # The process's own symbols, which hold the C library's: find_library("c") would
+        # run ldconfig in a subprocess, a few milliseconds of every command's start.
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]

@@ -43,7 +43,7 @@ from vmkeep.domain.snapshots import (
     SnapshotRequest,
 )
 from vmkeep.domain.vmspec import ExecResult, VmSpec
-from vmkeep.drivers import domain_xml, libvirt_backup, libvirt_snapshots, snapshot_repair
+from vmkeep.drivers import domain_xml, libvirt_backup
 from vmkeep.drivers.libvirt_backup import LibvirtExport
 from vmkeep.drivers.qemu_img import read_backing_chain
 from vmkeep.drivers.tpm_state import install_restored_tpm, tpm_state_dir
@@ -358,26 +358,42 @@ class LibvirtHypervisor:
         libvirt_backup.delete_checkpoint(self._lookup(name), checkpoint)
 
     # -- snapshots (drivers/libvirt_snapshots.py) -------------------------------------------
+    # Those modules are imported on first use: backups and listings do not need them, and
+    # every command's start-up would pay for them.
 
     def list_snapshots(self, name: str) -> list[Snapshot]:
+        from vmkeep.drivers import libvirt_snapshots
+
         return libvirt_snapshots.list_snapshots(self._lookup(name))
 
     def create_snapshot(self, name: str, request: SnapshotRequest) -> Snapshot:
+        from vmkeep.drivers import libvirt_snapshots
+
         return libvirt_snapshots.create_snapshot(self._lookup(name), request)
 
     def revert_snapshot(self, name: str, snapshot: str, state: RevertState) -> float:
+        from vmkeep.drivers import libvirt_snapshots
+
         return libvirt_snapshots.revert_snapshot(self._lookup(name), snapshot, state)
 
     def delete_snapshot(self, name: str, snapshot: str) -> SnapshotDeletion:
+        from vmkeep.drivers import libvirt_snapshots
+
         return libvirt_snapshots.delete_snapshot(self._lookup(name), snapshot)
 
     def free_space(self, directory: str) -> FreeSpace:
+        from vmkeep.drivers import libvirt_snapshots
+
         return libvirt_snapshots.free_space(directory)
 
     def finish_block_jobs(self, name: str) -> list[str]:
+        from vmkeep.drivers import snapshot_repair
+
         return snapshot_repair.finish_block_jobs(self._lookup(name))
 
     def remove_stray_files(self, name: str) -> list[str]:
+        from vmkeep.drivers import snapshot_repair
+
         return snapshot_repair.remove_stray_files(self._lookup(name))
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +45,7 @@ from vmkeep.domain.snapshots import (
     overlay_path,
     snapshot_disks,
 )
+from vmkeep.domain.tokens import random_hex
 from vmkeep.drivers import domain_xml, image_merge, overlays, snapshot_xml
 from vmkeep.drivers.image_merge import redefine_snapshot, translated
 
@@ -259,7 +259,7 @@ def revert_snapshot(dom: Any, name: str, state: RevertState) -> float:
     _check_revertible(vm, snapshot, disks)
     if running:
         _refuse_busy(dom, list(disks))
-    token = secrets.token_hex(3)
+    token = random_hex(3)
     new = {
         d.target: overlay_path(
             d.frozen,

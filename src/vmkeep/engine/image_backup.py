@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import secrets
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -12,6 +11,7 @@ from vmkeep import __version__
 from vmkeep.domain.backup import BackupId, BackupManifest, DiskBackup
 from vmkeep.domain.errors import NotFoundError, UsageError
 from vmkeep.domain.extents import data_chunks
+from vmkeep.domain.tokens import random_hex
 from vmkeep.engine.disk_transfer import restore_disk, store_disk
 from vmkeep.ports import ImageIO, Progress
 from vmkeep.repository.cache import ChunkCache
@@ -67,7 +67,7 @@ def backup_image(
             image_size = reader.size
         index_id = repo.write_index(index)
         manifest = BackupManifest(
-            backup_id=new_backup_id(now, secrets.token_hex(4)),
+            backup_id=new_backup_id(now, random_hex(4)),
             kind="image",
             created=now.strftime("%Y-%m-%dT%H:%M:%SZ"),
             host=host,

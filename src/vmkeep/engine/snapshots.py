@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import secrets
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from vmkeep.domain.snapshots import (
     tree_order,
     validate_snapshot_name,
 )
+from vmkeep.domain.tokens import random_hex
 from vmkeep.ports import HostLocks, Hypervisor
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,7 @@ def create_snapshots(
             held.enter_context(locks.hold(vm.uuid, f"a snapshot of {vm.name!r}"))
         # Each get_vm pings the guest agent (up to 2 s when it hangs): read each VM once.
         members = [_Member(vm) for vm in vms]
-        group = secrets.token_hex(4) if len(members) > 1 else None
+        group = random_hex(4) if len(members) > 1 else None
         for member in members:
             _plan(member, name, options, now, group, names)
         _check_space(hv, members)
@@ -188,7 +188,7 @@ def _plan(
     disks = snapshot_disks(vm.disks)
     if not disks:
         raise UsageError(f"{vm.name!r} has no disk vmkeep can snapshot")
-    token = secrets.token_hex(3)
+    token = random_hex(3)
     directory = str(options.directory) if options.directory is not None else None
     member.overlays = tuple(
         (target, _overlay_for(vm.name, disk.source or "", name, token, directory))

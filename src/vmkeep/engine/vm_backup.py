@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import secrets
 import shutil
 from collections.abc import Iterator, Sequence
 from datetime import datetime
@@ -36,6 +35,7 @@ from vmkeep.domain.errors import (
     VmkeepError,
 )
 from vmkeep.domain.inventory import AgentStatus, DiskDevice, SourceType, VmInfo
+from vmkeep.domain.tokens import random_hex
 from vmkeep.engine.vm_backup_model import (
     BACKUP_DISK_FORMATS,
     CHECKPOINT_PREFIX,
@@ -95,7 +95,7 @@ def _backup_group(
     deps: VmBackupDeps, names: Sequence[str], options: VmBackupOptions, now: datetime, host: str
 ) -> list[VmBackupResult]:
     hv = deps.hypervisor
-    group_id = secrets.token_hex(4) if len(names) > 1 else None
+    group_id = random_hex(4) if len(names) > 1 else None
     with contextlib.ExitStack() as held:
         vms = [hv.get_vm(name) for name in names]
         for vm in vms:
@@ -205,7 +205,7 @@ def _prepare(
         history=history,
         parent_intact=intact,
     )
-    backup_id = new_backup_id(now, secrets.token_hex(4))
+    backup_id = new_backup_id(now, random_hex(4))
     prefix = checkpoint_prefix(deps.session.repo.repo_id)
     return Prepared(vm, disks, plan, backup_id, prefix, warnings)
 

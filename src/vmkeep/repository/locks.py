@@ -15,13 +15,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 
 from vmkeep.domain.errors import LockedError, ObjectNotFoundError, VmkeepError
+from vmkeep.domain.tokens import random_hex
 from vmkeep.ports import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class RepositoryLock:
         """Take the lock or raise LockedError. Nothing is left behind on failure."""
         now = self._env.now()
         self._record = LockRecord(
-            lock_id=secrets.token_hex(16),
+            lock_id=random_hex(16),
             exclusive=self._exclusive,
             host=self._env.host,
             pid=self._env.pid,
@@ -151,7 +151,7 @@ class RepositoryLock:
             if self._record is None:
                 return
             old = self._record
-            new = replace(old, lock_id=secrets.token_hex(16), refreshed=self._env.now())
+            new = replace(old, lock_id=random_hex(16), refreshed=self._env.now())
             self._write(new)
             self._record = new
             self._delete(old)

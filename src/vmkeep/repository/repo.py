@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import secrets
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +31,7 @@ from vmkeep.domain.errors import (
     UsageError,
     WrongPasswordError,
 )
+from vmkeep.domain.tokens import random_hex
 from vmkeep.ports import ObjectStore
 from vmkeep.repository import keys as keyfiles
 from vmkeep.repository.codec import Codec, MasterKeys, ObjectType
@@ -203,7 +203,7 @@ class Repository:
         ``random_key`` the secret must come from ``keys.new_random_secret`` and is not
         stretched (see repository.keys)."""
         self._require_encrypted()
-        key_id = secrets.token_hex(8)
+        key_id = random_hex(8)
         blob = keyfiles.wrap_keys(
             self.codec_keys,
             password,

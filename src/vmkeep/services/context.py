@@ -5,18 +5,18 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from vmkeep.domain.errors import VmkeepError
-from vmkeep.drivers.host_commands import SubprocessRunner
 from vmkeep.drivers.host_locks import FileLocks
-from vmkeep.drivers.lab_guest import BusyboxGuestBuilder
 from vmkeep.drivers.libvirt_hypervisor import LibvirtHypervisor
-from vmkeep.drivers.qemu_img import QemuImgTool
-from vmkeep.drivers.system_clock import SystemClock
-from vmkeep.engine.lab import LabDeps
-from vmkeep.engine.try_change import TryDeps
 from vmkeep.ports import HostLocks, Hypervisor, Progress
 from vmkeep.services.config import Settings
+
+if TYPE_CHECKING:  # imported where used: only `try` and `lab` need them, and every command
+    # (a backup too) would otherwise pay for importing the snapshot and lab machinery
+    from vmkeep.engine.lab import LabDeps
+    from vmkeep.engine.try_change import TryDeps
 
 
 @dataclass
@@ -38,6 +38,10 @@ class Services:
 
     def try_deps(self) -> TryDeps:
         """Everything ``vmkeep try`` needs."""
+        from vmkeep.drivers.host_commands import SubprocessRunner
+        from vmkeep.drivers.system_clock import SystemClock
+        from vmkeep.engine.try_change import TryDeps
+
         return TryDeps(
             hypervisor=self.hypervisor(),
             locks=self.host_locks(),
@@ -47,6 +51,11 @@ class Services:
 
     def lab_deps(self, progress: Progress) -> LabDeps:
         """Everything the lab use cases need."""
+        from vmkeep.drivers.lab_guest import BusyboxGuestBuilder
+        from vmkeep.drivers.qemu_img import QemuImgTool
+        from vmkeep.drivers.system_clock import SystemClock
+        from vmkeep.engine.lab import LabDeps
+
         return LabDeps(
             hypervisor=self.hypervisor(),
             images=QemuImgTool(),
