@@ -279,7 +279,7 @@ class ObjectStore(Protocol):
         """Where the store lives, for messages (``/srv/repo``, ``s3://bucket/prefix``)."""
         ...
 
-    def put(self, name: str, data: bytes) -> bool:
+    def put(self, name: str, data: bytes | bytearray) -> bool:
         """Create ``name`` holding ``data``, atomically: readers see all of it or nothing.
 
         Never overwrites: returns False, leaving the existing object untouched, if ``name``

@@ -102,3 +102,21 @@ def test_compression_tables_are_capped_and_frames_stay_standard() -> None:
     frame = zstandard.ZstdCompressor(compression_params=params).compress(data)
     assert len(frame) < len(data) // 100
     assert zstandard.ZstdDecompressor().decompress(frame) == data  # content size is in it
+
+
+def test_sealed_layout_is_header_salt_then_aes_gcm_of_the_payload() -> None:
+    """The on-disk format, computed independently: sealing in place must not change it."""
+    import blake3
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    salt = b"s" * codec_module.SALT_BYTES
+    codec = Codec(REPO, KEYS, encrypted=True, random_bytes=lambda n: salt[:n])
+    data = os.urandom(5000)  # incompressible: stored as it is
+    blob = codec.seal(ObjectType.CHUNK, "abc", data)
+    header = codec_module.MAGIC + bytes([codec_module.FORMAT_VERSION, ObjectType.CHUNK, 0])
+    aad = REPO + bytes([ObjectType.CHUNK]) + (3).to_bytes(2, "big") + b"abc" + header
+    subkey = blake3.blake3(
+        KEYS.encryption + salt, derive_key_context=codec_module._SUBKEY_CONTEXT
+    ).digest()
+    expected = header + salt + AESGCM(subkey).encrypt(bytes(12), data, aad)
+    assert bytes(blob) == expected

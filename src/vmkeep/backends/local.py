@@ -68,7 +68,7 @@ class LocalStore:
             raise StoreError(f"{name!r}: names under {TMP_DIR}/ are reserved")
         return f"{self._root}/{name}"
 
-    def put(self, name: str, data: bytes) -> bool:
+    def put(self, name: str, data: bytes | bytearray) -> bool:
         final = self._file(name)
         temp = f"{self._tmp}/{random_hex(8)}.tmp"
         try:

@@ -20,7 +20,7 @@ class MemoryStore:
     def location(self) -> str:
         return "memory:"
 
-    def put(self, name: str, data: bytes) -> bool:
+    def put(self, name: str, data: bytes | bytearray) -> bool:
         validate_object_name(name)
         with self._lock:
             if name in self.objects:

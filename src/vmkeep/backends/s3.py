@@ -170,13 +170,16 @@ class S3Store:
 
     # --- ObjectStore -------------------------------------------------------------------
 
-    def put(self, name: str, data: bytes) -> bool:
+    def put(self, name: str, data: bytes | bytearray) -> bool:
         """Create ``name`` with one PUT (so objects are limited to S3's 5 GiB single PUT).
 
         Returns False if it exists. Content-MD5 makes the server reject a body damaged in
         transit (BadDigest, retried as transient).
         """
         key = self._key(name)
+        # One immutable copy for botocore, which may rewind and resend the body on retries;
+        # next to the network transfer the copy costs nothing.
+        data = bytes(data)
         try:
             if self._conditional_put:
                 try:

@@ -66,7 +66,7 @@ class RetryingStore:
                 self._sleep(delay)
         raise AssertionError("unreachable")
 
-    def put(self, name: str, data: bytes) -> bool:
+    def put(self, name: str, data: bytes | bytearray) -> bool:
         return self._retry(f"put {name}", lambda: self.inner.put(name, data))
 
     def get(self, name: str) -> bytes:
@@ -121,7 +121,7 @@ class RateLimitedStore:
         if wait > 0:
             self._sleep(wait)
 
-    def put(self, name: str, data: bytes) -> bool:
+    def put(self, name: str, data: bytes | bytearray) -> bool:
         self._take(len(data))
         return self.inner.put(name, data)
 
