@@ -382,6 +382,11 @@ def main(argv: list[str] | None = None) -> int:
             for tool in ("restic", "borg"):
                 rows.append(bench_file_tool(tool, here, env, prep, Path(disk.path)))
             rounds.append(rows + floors)
+            # vmkeep's repository is kept until the end: deleting its thousands of chunk files
+            # between rounds would slow the next round's file creation (ext4 skips inodes freed
+            # in the last minute, reading inode tables to find them), which is vmkeep's full
+            # backup, the first command of the round.
+            (here / "vmkeep-repo").rename(work / f"vmkeep-repo-{number}")
             shutil.rmtree(here, ignore_errors=True)
     finally:
         subprocess.run([str(VMKEEP), "lab", "destroy", VM], env=env, capture_output=True)
