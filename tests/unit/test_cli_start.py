@@ -62,3 +62,18 @@ def test_a_backup_does_not_import_the_snapshot_or_lab_machinery() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.splitlines()[-1] == "LOADED:"
+
+
+def test_the_console_entry_point_flushes_everything_before_it_leaves() -> None:
+    """run() skips the interpreter's teardown: the output must still arrive, the code stay."""
+    result = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "--help"], capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "Usage: vmkeep" in result.stdout
+    assert result.stdout.rstrip().splitlines()[-1].startswith("╰")  # the last panel's end
+    unknown = subprocess.run(
+        [sys.executable, "-m", "vmkeep.cli", "no-such-command"], capture_output=True, text=True
+    )
+    assert unknown.returncode == 2
+    assert "No such command" in unknown.stderr

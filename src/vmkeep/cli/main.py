@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,5 +137,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run() -> None:
-    """Console-script entry point."""
-    sys.exit(main())
+    """Console-script entry point: run, flush, and leave without tearing the interpreter down.
+
+    Python's exit destroys every module and object one by one: 30-65 ms after a backup, for
+    nothing, since every file, connection and lock a command uses is closed by its own
+    ``with`` block before ``main`` returns. What exit would still do that matters is done
+    here: the atexit handlers (logging's flush among them) and flushing stdout and stderr.
+    """
+    code = main()
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`vmkeep list | head -1`), a closed file
+            code = code or 1
+    os._exit(code)
