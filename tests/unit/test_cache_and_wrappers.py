@@ -47,6 +47,15 @@ def test_forgotten_chunks_are_not_trusted(tmp_path: Path) -> None:
     assert cid not in ChunkCache.load(repo, tmp_path)
 
 
+def test_has_all_needs_every_id() -> None:
+    cache = ChunkCache(None, {bytes.fromhex("ab" * 32), bytes.fromhex("cd" * 32)}, [])
+    assert cache.has_all(["ab" * 32, "cd" * 32])
+    assert cache.has_all([])
+    assert not cache.has_all(["ab" * 32, "ef" * 32])
+    cache.forget("cd" * 32)
+    assert not cache.has_all(["cd" * 32])
+
+
 def test_corrupt_cache_file_is_rebuilt(tmp_path: Path) -> None:
     repo = make_repo()
     cache = ChunkCache.load(repo, tmp_path)

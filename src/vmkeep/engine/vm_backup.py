@@ -190,9 +190,7 @@ def _prepare(
         repo = deps.session.repo
         try:
             return all(
-                cid in cache
-                for d in parent.disks
-                for cid in repo.load_index(d.index_id).stored_ids()
+                cache.has_all(repo.load_index(d.index_id).stored_ids()) for d in parent.disks
             )
         except VmkeepError:
             return False

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import threading
+from collections.abc import Iterable
 from pathlib import Path
 
 from vmkeep.repository.repo import Repository
@@ -54,6 +55,13 @@ class ChunkCache:
         key = bytes.fromhex(chunk_id)
         with self._lock:
             return key in self._ids
+
+    def has_all(self, chunk_ids: Iterable[str]) -> bool:
+        """Whether every one of ``chunk_ids`` is known; one lock for all of them (checking an
+        incremental's parent chunk by chunk took a good part of the time before its job)."""
+        keys = {bytes.fromhex(cid) for cid in chunk_ids}
+        with self._lock:
+            return keys <= self._ids
 
     def __len__(self) -> int:
         with self._lock:
