@@ -213,19 +213,17 @@ class Codec:
             if len(blob) < HEADER_BYTES + SALT_BYTES + TAG_BYTES:
                 raise IntegrityError(f"{what}: truncated")
             salt = blob[HEADER_BYTES : HEADER_BYTES + SALT_BYTES]
-            # a view: slicing the bytes would copy every chunk's ciphertext once more
-            sealed = memoryview(blob)[HEADER_BYTES + SALT_BYTES :]
-            # Decrypted into this thread's reused buffer: a fresh allocation per chunk, faulted
-            # in with the GIL held (AES-GCM keeps it), took more of a restore's GIL time than
-            # the decryption. The view is only read before this method returns.
-            plain = self._scratch(len(sealed) - TAG_BYTES)
             try:
-                AESGCM(self._subkey(salt)).decrypt_into(_FIXED_NONCE, sealed, aad, plain)
+                payload = AESGCM(self._subkey(salt)).decrypt(
+                    # a view: slicing the bytes would copy every chunk's ciphertext once more
+                    _FIXED_NONCE,
+                    memoryview(blob)[HEADER_BYTES + SALT_BYTES :],
+                    aad,
+                )
             except InvalidTag:
                 raise IntegrityError(
                     f"{what}: authentication failed (corrupt or tampered)"
                 ) from None
-            payload: bytes | memoryview = plain
         else:
             if len(blob) < HEADER_BYTES + MAC_BYTES:
                 raise IntegrityError(f"{what}: truncated")
@@ -237,16 +235,7 @@ class Codec:
                 return self._decompressor().decompress(payload)
             except zstandard.ZstdError as exc:
                 raise IntegrityError(f"{what}: cannot decompress: {exc}") from exc
-        return bytes(payload)
-
-    def _scratch(self, size: int) -> memoryview:
-        """A writable view of ``size`` bytes of this thread's scratch buffer (grown as
-        needed); valid until this thread's next call."""
-        buffer: bytearray | None = getattr(self._local, "scratch", None)
-        if buffer is None or len(buffer) < size:
-            buffer = bytearray(max(size, 2 * len(buffer or b"")))
-            self._local.scratch = buffer
-        return memoryview(buffer)[:size]
+        return payload
 
     def _subkey(self, salt: bytes) -> bytes:
         return blake3.blake3(
