@@ -1,4 +1,4 @@
-"""LocalStore behaviour beyond the ObjectStore contract: the writeback hint."""
+"""LocalStore behaviour beyond the ObjectStore contract: the writeback hint, directories."""
 
 from __future__ import annotations
 
@@ -36,3 +36,17 @@ def test_a_refused_hint_is_not_an_error(tmp_path: Path, monkeypatch: pytest.Monk
     store = LocalStore.create(tmp_path / "repo")
     assert store.put("data/ab/abcd", b"chunk") is True
     assert store.get("data/ab/abcd") == b"chunk"
+
+
+def test_directories_are_made_private_when_a_write_first_needs_them(tmp_path: Path) -> None:
+    """put makes no directory up front: a missing tmp/ or object directory (a repository
+    copied without its empty directories, say) is made on the failed first try."""
+    store = LocalStore.create(tmp_path / "repo")
+    (tmp_path / "repo" / "tmp").rmdir()
+    assert store.put("data/ab/abcd", b"one") is True
+    assert store.put("data/ab/abce", b"two") is True  # the directory exists now
+    assert store.put("data/ab/abcd", b"other") is False  # never overwrites
+    assert store.get("data/ab/abcd") == b"one"
+    for directory in ("tmp", "data/ab"):
+        assert (tmp_path / "repo" / directory).stat().st_mode & 0o777 == 0o700
+    assert list((tmp_path / "repo" / "tmp").iterdir()) == []  # no temporary file left

@@ -19,14 +19,16 @@ import contextlib
 import ctypes
 import errno
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from vmkeep.domain.errors import ObjectNotFoundError, StoreError, StoreFullError
 from vmkeep.domain.objects import ObjectInfo, validate_object_name
 from vmkeep.domain.tokens import random_hex
 
 TMP_DIR = "tmp"
+_T = TypeVar("_T")
 
 
 def _os_error(exc: OSError, action: str) -> StoreError:
@@ -145,24 +147,24 @@ class LocalStore:
 
 
 def _create_exclusive(path: str) -> int:
-    """Create ``path`` (mode 0600) for writing; makes its directory (0700) only when it is
-    missing, which is once per repository rather than once per object."""
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
-    try:
-        return os.open(path, flags, 0o600)
-    except FileNotFoundError:
-        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return os.open(path, flags, 0o600)
+    """Create ``path`` (mode 0600) for writing."""
+    return _making_parent(path, lambda: os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
 
 
 def _link_creating_parents(source: str, target: str) -> None:
-    """Hard-link ``source`` as ``target``, making target's directories (0700) only when the
-    first link into them fails. Raises FileExistsError if ``target`` exists."""
+    """Hard-link ``source`` as ``target``. Raises FileExistsError if ``target`` exists."""
+    _making_parent(target, lambda: os.link(source, target))
+
+
+def _making_parent(path: str, action: Callable[[], _T]) -> _T:
+    """Run ``action``, which creates ``path``; if ``path``'s directory is missing, make it
+    (0700) and run it once more. Directories are made when a write first needs them, which is
+    once per directory rather than a ``mkdir`` per object."""
     try:
-        os.link(source, target)
+        return action()
     except FileNotFoundError:
-        Path(target).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.link(source, target)
+        Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return action()
 
 
 def _write_out_soon(fd: int) -> None:
