@@ -90,7 +90,7 @@ class Measurement:
     seconds: float  # command wall time + the sync after it: what the tables use
     command_seconds: float
     sync_seconds: float
-    peak_rss_mib: float  # max(sampled peak of the whole process tree, largest process's ru_maxrss)
+    peak_rss_mib: float  # max(sampled peak of the whole process tree, largest VmHWM sampled)
     tree_rss_mib: float
     maxrss_mib: float
     user_seconds: float
@@ -129,15 +129,26 @@ def _children_of(root: int) -> list[int]:
     return found
 
 
-def _tree_rss(root: int) -> int:
-    total = 0
+def _tree_memory(root: int) -> tuple[int, int]:
+    """(RSS of the whole process tree, largest VmHWM of one of its processes), in bytes.
+
+    VmHWM rather than wait4's ``ru_maxrss``: a child started with vfork (as subprocess does)
+    carries the parent's high-water mark into ``ru_maxrss`` across its exec, so every
+    command would report at least this benchmark's own memory. VmHWM belongs to the
+    process's own address space since its exec.
+    """
+    total = largest = 0
     for pid in _children_of(root):
         try:
-            with open(f"/proc/{pid}/statm", "rb") as handle:  # noqa: PTH123
-                total += int(handle.read().split()[1]) * PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            continue
-    return total
+            with open(f"/proc/{pid}/status", "rb") as handle:  # noqa: PTH123
+                fields = dict(
+                    line.split(b":", 1) for line in handle.read().splitlines() if b":" in line
+                )
+            total += int(fields[b"VmRSS"].split()[0]) * 1024
+            largest = max(largest, int(fields[b"VmHWM"].split()[0]) * 1024)
+        except (OSError, ValueError, IndexError, KeyError):
+            continue  # gone, or a kernel thread
+    return total, largest
 
 
 def _cpu_ticks() -> tuple[int, int]:
@@ -201,13 +212,14 @@ def measure(
         busy_before, steal_before = _cpu_ticks()
         started = time.monotonic()
         process = subprocess.Popen([str(a) for a in argv], env=env, cwd=cwd, stdout=out, stderr=err)
-        peak = 0
+        peak = maxrss = 0
         stop = threading.Event()
 
         def sample() -> None:
-            nonlocal peak
+            nonlocal peak, maxrss
             while not stop.is_set():
-                peak = max(peak, _tree_rss(process.pid))
+                tree, largest = _tree_memory(process.pid)
+                peak, maxrss = max(peak, tree), max(maxrss, largest)
                 stop.wait(RSS_SAMPLE_SECONDS)
 
         sampler = threading.Thread(target=sample, daemon=True)
@@ -227,7 +239,6 @@ def measure(
         raise RuntimeError(
             f"{what}: {' '.join(map(str, argv))} exited {process.returncode}\n{stderr[-3000:]}"
         )
-    maxrss = usage.ru_maxrss * 1024  # KiB on Linux
     capacity = (ended - started) * CPUS
     own = usage.ru_utime + usage.ru_stime
     background = (busy_after - busy_before) / CLOCK_TICKS - own
