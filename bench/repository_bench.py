@@ -73,7 +73,6 @@ CHANGED_WRITES = 100
 DEFAULT_LEVEL = 3  # vmkeep repo init's default zstd level
 CHANGED_WRITE_SIZE = 4096
 RSS_SAMPLE_SECONDS = 0.1
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # Piped output (e.g. `| tee`) gets wide tables rather than rich's 80-column default.
 console = Console(width=None if sys.stdout.isatty() else 150)
