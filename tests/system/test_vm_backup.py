@@ -158,6 +158,39 @@ def test_checkpoints_of_others_are_never_deleted(env: dict[str, str], vm: dict[s
             virsh("checkpoint-delete", VM, name, check=False)
 
 
+def test_drop_checkpoints_removes_only_the_named_repositorys(
+    env: dict[str, str], vm: dict[str, Any], workdir: Path
+) -> None:
+    other = {
+        **env,
+        "VMKEEP_REPO": str(workdir / "other-repo"),
+        "XDG_CACHE_HOME": str(workdir / "other-cache"),
+    }
+    other_id = json.loads(run_vmkeep(other, "repo", "init", "--json").stdout)["id"]
+    other_checkpoint = backup(other)["checkpoint"]
+    assert other_checkpoint.startswith(f"vmkeep-{other_id[:8]}-")
+    ours = [c for c in vmkeep_checkpoints() if c != other_checkpoint]
+    virsh("checkpoint-create-as", VM, "made-by-the-admin")
+    try:
+        drop = ["vm", "drop-checkpoints", VM, "--repo-id", other_id, "--json"]
+        planned = json.loads(run_vmkeep(env, *drop, "--dry-run").stdout)
+        assert planned["dropped"] == [other_checkpoint] and planned["dry_run"] is True
+        assert other_checkpoint in virsh("checkpoint-list", VM, "--name").stdout.split()
+        assert json.loads(run_vmkeep(env, *drop).stdout)["dropped"] == [other_checkpoint]
+        remaining = virsh("checkpoint-list", VM, "--name").stdout.split()
+        assert other_checkpoint not in remaining
+        assert set(ours) | {"made-by-the-admin"} <= set(remaining)
+        # The main repository's chain is intact; the other one starts over, saying why.
+        assert backup(env)["kind"] == "incremental"
+        again = backup(other)
+        assert again["kind"] == "full" and "checkpoint" in again["reason"], again
+        refused = run_vmkeep(env, "vm", "drop-checkpoints", VM, check=False)
+        assert refused.returncode != 0 and "--repo-id" in refused.stderr
+    finally:
+        virsh("checkpoint-delete", VM, "made-by-the-admin", check=False)
+        run_vmkeep(env, "vm", "drop-checkpoints", VM, "--repo-id", other_id)
+
+
 def test_incremental_reads_only_changes_and_restores_bit_exact(
     env: dict[str, str], vm: dict[str, Any], workdir: Path
 ) -> None:

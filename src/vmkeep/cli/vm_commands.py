@@ -9,6 +9,7 @@ import typer
 
 from vmkeep.cli.output import escape, new_grid, new_table, print_json, stdout
 from vmkeep.cli.state import services_for
+from vmkeep.domain.errors import UsageError
 from vmkeep.domain.inventory import AgentStatus, DiskInfo, VmInfo
 from vmkeep.domain.units import format_size
 
@@ -76,6 +77,52 @@ def show_vm(
         print_json(vm)
         return
     render_vm(vm)
+
+
+@app.command("drop-checkpoints")
+def drop_checkpoints_command(
+    ctx: typer.Context,
+    name: Annotated[str, typer.Argument(help="The VM's name, exactly as libvirt knows it.")],
+    repo_id: Annotated[
+        str | None,
+        typer.Option(
+            help="The repository whose checkpoints go: its id, or the 8 hex digits after "
+            "'vmkeep-' in the checkpoint names."
+        ),
+    ] = None,
+    all_repositories: Annotated[
+        bool, typer.Option("--all", help="Every checkpoint vmkeep made, for any repository.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only show what would be deleted.")
+    ] = False,
+    as_json: JsonFlag = False,
+) -> None:
+    """Delete the checkpoints vmkeep made on a VM for a repository that is gone (or, with
+    --all, for every repository). Checkpoints vmkeep did not make are never touched; the next
+    backup into that repository is a full one."""
+    from vmkeep.engine.checkpoint_cleanup import drop_checkpoints
+
+    if (repo_id is None) == (not all_repositories):
+        raise UsageError("give either --repo-id ID or --all")
+    with services_for(ctx) as services:
+        result = drop_checkpoints(
+            services.hypervisor(),
+            services.host_locks(),
+            name,
+            repo_id=repo_id,
+            dry_run=dry_run,
+        )
+    if as_json:
+        print_json(result)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    for checkpoint in result.dropped:
+        stdout.print(f"{verb} {escape(checkpoint)}")
+    stdout.print(
+        f"{len(result.dropped)} checkpoint(s) {verb}, {len(result.kept)} kept on "
+        f"{escape(result.vm)}"
+    )
 
 
 def render_vm(vm: VmInfo) -> None:

@@ -130,8 +130,8 @@ class VmInfo:
     autostart: bool = False
     domain_id: int | None = None
     lab_dir: str | None = None
+    """Set when the VM was made by ``vmkeep lab create``: the directory holding its files."""
     nvram: str | None = None
     """Path of the UEFI variable store (``<os><nvram>``), if the VM has one."""
     tpm_state: str | None = None
     """Directory of the VM's emulated TPM state (swtpm), if it has an emulated TPM."""
-    """Set when the VM was made by ``vmkeep lab create``: the directory holding its files."""

@@ -47,6 +47,7 @@ from vmkeep.engine.vm_backup_model import (
     VmBackupOptions,
     VmBackupResult,
     checkpoint_prefix,
+    is_own_checkpoint,
 )
 from vmkeep.engine.vm_backup_transfer import transfer_or_fall_back
 from vmkeep.ports import BackupExport
@@ -139,9 +140,9 @@ def _clean_leftovers(deps: VmBackupDeps, vm: VmInfo, history: list[BackupManifes
     if vm.state.is_active and hv.abort_backup_job(vm.name):
         log.warning("ended a backup job of %s left by an interrupted run", vm.name)
     known = {b.checkpoint for b in history if b.checkpoint}
-    ours = checkpoint_prefix(deps.session.repo.repo_id)
+    repo_id = deps.session.repo.repo_id
     for checkpoint in vm.checkpoints:
-        if checkpoint.name.startswith(ours) and checkpoint.name not in known:
+        if is_own_checkpoint(checkpoint.name, repo_id) and checkpoint.name not in known:
             log.warning("deleting checkpoint %s of %s: no backup uses it", checkpoint.name, vm.name)
             try:
                 hv.delete_checkpoint(vm.name, checkpoint.name)
@@ -339,7 +340,7 @@ def _publish(
         raise
     for checkpoint in item.vm.checkpoints:
         name = checkpoint.name
-        if name.startswith(item.prefix) and name != item.checkpoint:
+        if is_own_checkpoint(name, deps.session.repo.repo_id) and name != item.checkpoint:
             try:
                 hv.delete_checkpoint(item.vm.name, name)
             except VmkeepError as exc:
