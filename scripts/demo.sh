@@ -83,8 +83,8 @@ step "summary"
 "$vmkeep" repo stats
 cat <<EOT
 lab VM:       $name (running), restored copy: $copy (running)
-full:         $(json '"%s, %.1f s" % (d[0]["backup_id"], sum(x["seconds"] for x in d[0]["disks"]))' < "$state/full.json")
-incremental:  $(json '"%s, %.1f s" % (d[0]["backup_id"], sum(x["seconds"] for x in d[0]["disks"]))' < "$state/inc.json")
+full:         $(json '"%s, disks read in %.1f s" % (d[0]["backup_id"], sum(x["seconds"] for x in d[0]["disks"]))' < "$state/full.json")
+incremental:  $(json '"%s, disks read in %.1f s" % (d[0]["backup_id"], sum(x["seconds"] for x in d[0]["disks"]))' < "$state/inc.json")
 data check:   new data on vdb and 200 files on vda: $verdict in the original and the restored VM
 clean up:     virsh destroy '$copy'; virsh undefine '$copy'; $vmkeep lab destroy '$name'; rm -rf $state
 EOT
