@@ -116,12 +116,12 @@ def drop_checkpoints_command(
     if as_json:
         print_json(result)
         return
-    verb = "would delete" if dry_run else "deleted"
+    verb, keep = ("would delete", "keep") if dry_run else ("deleted", "kept")
     for checkpoint in result.dropped:
         stdout.print(f"{verb} {escape(checkpoint)}")
     stdout.print(
-        f"{len(result.dropped)} checkpoint(s) {verb}, {len(result.kept)} kept on "
-        f"{escape(result.vm)}"
+        f"{escape(result.vm)}: {verb} {len(result.dropped)} checkpoint(s), {keep} "
+        f"{len(result.kept)}"
     )
 
 
