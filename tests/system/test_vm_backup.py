@@ -172,6 +172,14 @@ def test_drop_checkpoints_removes_only_the_named_repositorys(
     ours = [c for c in vmkeep_checkpoints() if c != other_checkpoint]
     virsh("checkpoint-create-as", VM, "made-by-the-admin")
     try:
+        shown = run_vmkeep({**env, "COLUMNS": "250"}, "vm", "show", VM).stdout
+        owners = {
+            line.split("│")[1].strip(): line.split("│")[5].strip()
+            for line in shown.splitlines()
+            if line.count("│") == 6 and ("vmkeep-" in line or "made-by" in line)
+        }
+        assert owners[other_checkpoint] == other_id[:8]
+        assert owners["made-by-the-admin"] == "- (not vmkeep's)"
         drop = ["vm", "drop-checkpoints", VM, "--repo-id", other_id, "--json"]
         planned = json.loads(run_vmkeep(env, *drop, "--dry-run").stdout)
         assert planned["dropped"] == [other_checkpoint] and planned["dry_run"] is True

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from tests.fakes import MemoryLocks
+from vmkeep.domain.checkpoints import checkpoint_repository, is_own_checkpoint
 from vmkeep.domain.errors import LockedError, UsageError
 from vmkeep.domain.inventory import CheckpointInfo, VmInfo, VmState
 from vmkeep.engine.checkpoint_cleanup import drop_checkpoints
-from vmkeep.engine.vm_backup_model import checkpoint_repository, is_own_checkpoint
 
 REPO_A = "aaaaaaaa" + "0" * 24
 REPO_B = "bbbbbbbb" + "1" * 24

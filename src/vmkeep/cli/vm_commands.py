@@ -9,6 +9,7 @@ import typer
 
 from vmkeep.cli.output import escape, new_grid, new_table, print_json, stdout
 from vmkeep.cli.state import services_for
+from vmkeep.domain.checkpoints import checkpoint_repository
 from vmkeep.domain.errors import UsageError
 from vmkeep.domain.inventory import AgentStatus, DiskInfo, VmInfo
 from vmkeep.domain.units import format_size
@@ -142,10 +143,16 @@ def render_vm(vm: VmInfo) -> None:
     stdout.print(summary)
     stdout.print(_disk_table(vm.disks))
     if vm.checkpoints:
-        checkpoints = new_table("Checkpoint", "Created", "Parent", "Disks", title="Checkpoints")
+        checkpoints = new_table(
+            "Checkpoint", "Created", "Parent", "Disks", "vmkeep repository", title="Checkpoints"
+        )
         for cp in vm.checkpoints:
             checkpoints.add_row(
-                escape(cp.name), _time(cp.created), escape(cp.parent or "-"), ", ".join(cp.disks)
+                escape(cp.name),
+                _time(cp.created),
+                escape(cp.parent or "-"),
+                ", ".join(cp.disks),
+                checkpoint_repository(cp.name) or "- (not vmkeep's)",
             )
         stdout.print(checkpoints)
     else:

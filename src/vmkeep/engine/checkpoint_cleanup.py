@@ -14,8 +14,8 @@ import logging
 import re
 from dataclasses import dataclass
 
+from vmkeep.domain.checkpoints import checkpoint_repository
 from vmkeep.domain.errors import UsageError
-from vmkeep.engine.vm_backup_model import checkpoint_repository
 from vmkeep.ports import HostLocks, Hypervisor
 
 log = logging.getLogger(__name__)

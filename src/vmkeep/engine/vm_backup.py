@@ -27,6 +27,7 @@ from datetime import datetime
 from vmkeep import __version__
 from vmkeep.domain.backup import BackupJobRequest, BackupManifest, DiskJob
 from vmkeep.domain.chain import ChainPlan, DiskFacts, plan_backup
+from vmkeep.domain.checkpoints import CHECKPOINT_PREFIX, checkpoint_prefix, is_own_checkpoint
 from vmkeep.domain.errors import (
     GuestAgentError,
     HookError,
@@ -38,7 +39,6 @@ from vmkeep.domain.inventory import AgentStatus, DiskDevice, SourceType, VmInfo
 from vmkeep.domain.tokens import random_hex
 from vmkeep.engine.vm_backup_model import (
     BACKUP_DISK_FORMATS,
-    CHECKPOINT_PREFIX,
     NVRAM,
     TPM_PREFIX,
     DiskOutcome,
@@ -46,8 +46,6 @@ from vmkeep.engine.vm_backup_model import (
     VmBackupDeps,
     VmBackupOptions,
     VmBackupResult,
-    checkpoint_prefix,
-    is_own_checkpoint,
 )
 from vmkeep.engine.vm_backup_transfer import transfer_or_fall_back
 from vmkeep.ports import BackupExport
