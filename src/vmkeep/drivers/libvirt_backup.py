@@ -15,8 +15,6 @@ import logging
 import os
 import re
 import shutil
-import socket
-import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +31,6 @@ from vmkeep.drivers.process import run_tool
 log = logging.getLogger(__name__)
 
 SOCKET_NAME = "nbd.sock"
-STOP_SETTLE_SECONDS = 15.0
 _DAC_LABEL = re.compile(r"^\+?(\d+):\+?(\d+)$")
 
 
@@ -128,8 +125,6 @@ def job_active(dom: Any) -> bool:
 
 def end_job(dom: Any) -> None:
     """End the domain's backup job; pull-mode jobs end by being aborted. Idempotent."""
-    if not job_active(dom):
-        return  # ended already: by libvirt when the domain stopped, or by an earlier call
     try:
         dom.abortJob()
     except libvirt.libvirtError as exc:
@@ -200,7 +195,6 @@ def pull_backup(dom: Any, request: BackupJobRequest) -> Iterator[LibvirtExport]:
         try:
             yield LibvirtExport(workdir, request)
         except BaseException:
-            _settle_if_qemu_exited(dom, workdir / SOCKET_NAME)
             with contextlib.suppress(HypervisorError):
                 end_job(dom)
             with contextlib.suppress(HypervisorError):
@@ -209,40 +203,3 @@ def pull_backup(dom: Any, request: BackupJobRequest) -> Iterator[LibvirtExport]:
         end_job(dom)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _settle_if_qemu_exited(dom: Any, nbd_socket: Path) -> None:
-    """When QEMU no longer listens on the job's socket (the VM was shut down or destroyed
-    mid-backup, or the job was ended from outside), wait up to STOP_SETTLE_SECONDS for libvirt
-    to see the domain stop or the job end: libvirt then ends the job itself. Aborting the job
-    of a domain whose QEMU has just exited makes libvirt 9.0 wait for the block jobs of the
-    dead process and then use its freed monitor ("entering monitor without asking for a
-    nested job", "monitor must not be NULL"); that crashed libvirtd in a system test.
-    Returns at once while QEMU still listens."""
-    if _listening(nbd_socket):
-        return
-    deadline = time.monotonic() + STOP_SETTLE_SECONDS
-    while time.monotonic() < deadline:
-        try:
-            if not dom.isActive() or not job_active(dom):
-                return
-        except libvirt.libvirtError:
-            return  # the domain is gone altogether (transient)
-        time.sleep(0.1)
-    log.warning("QEMU of %r stopped serving the backup but the domain still runs", dom.name())
-
-
-def _listening(path: Path) -> bool:
-    """Whether something accepts connections on the Unix socket ``path``; True when unsure,
-    so that only a certain absence changes what the caller does."""
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(str(path))
-    except (ConnectionRefusedError, FileNotFoundError):
-        return False
-    except OSError:
-        return True
-    finally:
-        probe.close()
-    return True
